@@ -1,0 +1,65 @@
+# make run   - create .venv if needed, install the project, run every pipeline
+# make test  - install if needed, run ruff and the default test suite
+# make bench - benchmarks on the real images (FACE_DATA_DIR, default ../shared/data/utkface)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# Kedro's telemetry plugin tries the network on every command.
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+# Where the labelled images are: FACE_DATA_DIR if set, else data/01_raw/utkface if it holds
+# files, else the sample folder ../shared/data/utkface if it exists.
+ifeq ($(strip $(FACE_DATA_DIR)),)
+  ifeq ($(wildcard data/01_raw/utkface/*.*),)
+    ifneq ($(wildcard ../shared/data/utkface),)
+      export FACE_DATA_DIR := $(abspath ../shared/data/utkface)
+    endif
+  endif
+endif
+
+.PHONY: install run test test-all bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@if [ -z "$$FACE_DATA_DIR" ] && [ -z "$$(ls -A data/01_raw/utkface 2>/dev/null | grep -v '^\.gitkeep$$')" ]; then \
+		echo "No face images found. Put UTKFace (AGE_GENDER_RACE_DATETIME.jpg.chip.jpg files) in"; \
+		echo "data/01_raw/utkface/, or point FACE_DATA_DIR at a folder of labelled faces:"; \
+		echo "    make run FACE_DATA_DIR=/path/to/utkface"; \
+		exit 1; \
+	fi
+	@echo "Images: $${FACE_DATA_DIR:-data/01_raw/utkface}"
+	$(BIN)/kedro run
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+# Slow checks on the real images as well (see the `slow` marker in pyproject.toml).
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench: $(STAMP)
+	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/preprocess.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

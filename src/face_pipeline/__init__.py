@@ -1,0 +1,3 @@
+"""face-pipeline"""
+
+__version__ = "0.1"

@@ -1,0 +1,82 @@
+"""Kedro datasets that kedro-datasets does not provide."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import numpy as np
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+
+
+class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
+    """A NumPy array stored as a ``.npy`` file on any fsspec filesystem.
+
+    Local files are memory-mapped on load (``mmap_mode: r`` by default), so a
+    large image array is paged in as it is read instead of being copied into
+    RAM up front. Remote files are read into memory.
+
+    Example::
+
+        train_images:
+          type: face_pipeline.datasets.NumpyDataset
+          filepath: data/05_model_input/train_images.npy
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        mmap_mode: str | None = "r",
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        protocol, path = get_protocol_and_path(filepath, version)
+        fs_args = deepcopy(fs_args) or {}
+        if protocol == "file":
+            fs_args.setdefault("auto_mkdir", True)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **fs_args)
+        self._mmap_mode = mmap_mode
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "protocol": self._protocol, "mmap_mode": self._mmap_mode}
+
+    def load(self) -> np.ndarray:
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        if self._protocol == "file" and self._mmap_mode:
+            return np.load(load_path, mmap_mode=self._mmap_mode, allow_pickle=False)
+        with self._fs.open(load_path, mode="rb") as stream:
+            return np.load(stream, allow_pickle=False)
+
+    def save(self, data: np.ndarray) -> None:
+        if not isinstance(data, np.ndarray):
+            raise DatasetError(f"NumpyDataset saves numpy arrays, got {type(data).__name__}")
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+        with self._fs.open(save_path, mode="wb") as stream:
+            np.save(stream, data, allow_pickle=False)
+        self._fs.invalidate_cache(save_path)
+
+    def _exists(self) -> bool:
+        try:
+            load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        return self._fs.exists(load_path)
