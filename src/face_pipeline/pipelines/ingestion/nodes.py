@@ -241,21 +241,29 @@ def stable_uniform(keys: pd.Series, seed: int) -> np.ndarray:
 
 
 def assign_splits(usable_images: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Deterministic, stable train/val/test assignment.
+    """Deterministic train/val/test assignment, stratified by gender and age band.
 
-    Each image's split depends only on a hash of its id and the seed, so adding
-    or removing other images never moves it (a test image stays a test image
-    across data versions). The hash is independent of the labels, so every
-    gender x age-band stratum is split in the configured fractions up to
-    sampling noise; the data summary reports the shares per stratum.
+    Each image gets a number in [0, 1) from a hash of its id and the seed.
+    Within a stratum (gender x age band), images are ordered by that number and
+    the first 80% (say) go to train, the next 10% to val, the rest to test, so
+    every stratum is split in the configured fractions (within one image).
+
+    Because the order inside a stratum never changes, adding or removing
+    images only moves the few images that sit at a stratum's split boundary;
+    every other image keeps its split.
     """
     split_params = params["split"]
     fractions = split_params["fractions"]
     if set(fractions) != set(SPLITS) or not np.isclose(sum(fractions.values()), 1.0):
         raise ValueError(f"split.fractions needs train/val/test summing to 1, got {fractions}")
     bounds = np.cumsum([fractions[name] for name in SPLITS])
-    draw = stable_uniform(usable_images["image_id"], split_params["seed"])
-    split_index = np.minimum(np.searchsorted(bounds, draw, side="right"), len(SPLITS) - 1)
+
+    draw = pd.Series(stable_uniform(usable_images["image_id"], split_params["seed"]), index=usable_images.index)
+    strata = [usable_images["gender"], age_bands(usable_images["age"], split_params["age_bands"])]
+    rank = draw.groupby(strata, observed=True).rank(method="first")
+    size = draw.groupby(strata, observed=True).transform("size")
+    position = (rank - 0.5) / size  # the image's quantile inside its stratum
+    split_index = np.minimum(np.searchsorted(bounds, position.to_numpy(), side="right"), len(SPLITS) - 1)
     manifest = usable_images.assign(split=pd.Categorical.from_codes(split_index, categories=list(SPLITS)))
     return manifest[MANIFEST_COLUMNS].reset_index(drop=True)
 

@@ -1,0 +1,84 @@
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+from fake_faces import encode, face_like, utkface_name
+
+from face_pipeline.datasets import NumpyDataset
+from face_pipeline.pipelines.preprocessing.nodes import LABEL_COLUMNS, preprocess_split, report_failures
+
+PARAMS = {"image": {"size": 32, "color_mode": "grayscale"}, "workers": 1, "chunk_size": 4}
+
+
+def flat_images(count: int) -> tuple[pd.DataFrame, dict]:
+    """Images whose grey level is 2 x age, so each row's label can be checked against its pixels."""
+    rows, loaders = [], {}
+    for index in range(count):
+        age = 10 + index * 3
+        image_id = utkface_name(age, index % 2, index % 5, index)
+        data = encode(face_like(index, 40, brightness=2 * age), "PNG")
+        loaders[image_id] = partial(bytes, data)  # picklable, like the catalog's loaders
+        rows.append(
+            {"image_id": image_id, "path": f"/faces/{image_id}", "age": age, "gender": index % 2, "race": index % 5}
+        )
+    manifest = pd.DataFrame(rows).assign(split=["train", "train", "val"] * (count // 3) + ["train"] * (count % 3))
+    return manifest, loaders
+
+
+@pytest.mark.parametrize(("workers", "chunk_size"), [(1, 4), (2, 3)])
+def test_arrays_are_uint8_and_rows_match_labels(workers, chunk_size):
+    manifest, loaders = flat_images(20)
+    params = {**PARAMS, "workers": workers, "chunk_size": chunk_size}
+    images, labels, failures = preprocess_split(manifest, loaders, params, "train")
+    assert images.shape == (14, 32, 32, 1)
+    assert images.dtype == np.uint8
+    assert list(labels.columns) == LABEL_COLUMNS
+    assert labels["image_id"].tolist() == manifest[manifest["split"] == "train"]["image_id"].tolist()
+    np.testing.assert_array_equal(images.mean(axis=(1, 2, 3)), 2 * labels["age"].to_numpy())
+    assert failures.empty
+
+
+def test_rgb_option_gives_three_channels():
+    manifest, loaders = flat_images(6)
+    images, _, _ = preprocess_split(manifest, loaders, {**PARAMS, "image": {"size": 24, "color_mode": "rgb"}}, "val")
+    assert images.shape == (2, 24, 24, 3)
+
+
+def test_images_that_fail_now_are_reported_not_fatal():
+    manifest, loaders = flat_images(9)
+    train_ids = manifest[manifest["split"] == "train"]["image_id"].tolist()
+    loaders[train_ids[1]] = lambda: b"garbage"
+
+    def unreadable():
+        raise PermissionError("denied")
+
+    loaders[train_ids[3]] = unreadable
+    images, labels, failures = preprocess_split(manifest, loaders, PARAMS, "train")
+    assert len(images) == len(labels) == len(train_ids) - 2
+    assert train_ids[1] not in set(labels["image_id"])
+    np.testing.assert_array_equal(images.mean(axis=(1, 2, 3)), 2 * labels["age"].to_numpy())
+    assert failures["reason"].tolist() == ["not an image", "unreadable image"]
+    assert failures["path"].tolist() == [f"/faces/{train_ids[1]}", f"/faces/{train_ids[3]}"]
+    assert "PermissionError" in failures["detail"].iloc[1]
+    assert len(report_failures(failures, failures.iloc[:0])) == 2
+
+
+def test_missing_raw_files_ask_for_a_new_ingestion():
+    manifest, loaders = flat_images(3)
+    del loaders[manifest["image_id"].iloc[0]]
+    with pytest.raises(FileNotFoundError, match="ingestion"):
+        preprocess_split(manifest, loaders, PARAMS, "train")
+
+
+def test_numpy_dataset_round_trip_is_memory_mapped(tmp_path):
+    dataset = NumpyDataset(filepath=str(tmp_path / "arrays" / "x.npy"))
+    assert not dataset.exists()
+    array = np.arange(2 * 4 * 4 * 1, dtype=np.uint8).reshape(2, 4, 4, 1)
+    dataset.save(array)
+    loaded = dataset.load()
+    assert isinstance(loaded, np.memmap)
+    np.testing.assert_array_equal(loaded, array)
+    in_memory = NumpyDataset(filepath=str(tmp_path / "arrays" / "x.npy"), mmap_mode=None).load()
+    assert not isinstance(in_memory, np.memmap)
+    np.testing.assert_array_equal(in_memory, array)

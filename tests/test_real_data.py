@@ -1,0 +1,32 @@
+"""Checks on the real image folder (FACE_DATA_DIR); slow, run with ``pytest -m slow``."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import kedro
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("FACE_DATA_DIR"), reason="set FACE_DATA_DIR to the UTKFace folder"),
+]
+
+
+def test_whole_utkface_folder_goes_through_both_pipelines(project):
+    folder = Path(os.environ["FACE_DATA_DIR"]).resolve()
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    env = {"FACE_DATA_DIR": str(folder)}
+    kedro(project, "run", "--pipelines=ingestion", env=env)
+    kedro(project, "run", "--pipelines=preprocessing", env=env)
+
+    manifest = pd.read_parquet(project / "data/03_primary/face_manifest.parquet")
+    rejected = pd.read_csv(project / "data/08_reporting/rejected_images.csv")
+    assert len(manifest) + len(rejected) == len(files)  # every file accounted for
+    ids = set(manifest["image_id"])
+    for name in ("39_1_20170116174525125.jpg.chip.jpg", "55_0_0_20170116232725357jpg.chip.jpg"):
+        if (folder / name).exists():
+            assert name in ids
+    arrays = [np.load(project / f"data/05_model_input/{s}_images.npy", mmap_mode="r") for s in ("train", "val", "test")]
+    assert sum(len(a) for a in arrays) == len(manifest)
