@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from face_pipeline.pipelines import ingestion, preprocessing
+from face_pipeline.pipelines import ingestion, preprocessing, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
-    Each stage has its own name and reads its inputs from the catalog, so
-    ``kedro run --pipelines=preprocessing`` reuses the manifest that ingestion
-    wrote. ``__default__`` runs every stage in order.
+    Every name is a complete job on a fresh clone: it includes the stages it depends on.
+    Add ``--only-missing-outputs`` to reuse what earlier runs already wrote, e.g.
+    ``kedro run --pipelines=train_age --only-missing-outputs`` after ``train_gender``.
     """
-    pipelines = {
-        "ingestion": ingestion.create_pipeline(),
-        "preprocessing": preprocessing.create_pipeline(),
+    ingest = ingestion.create_pipeline()
+    prepare = ingest + preprocessing.create_pipeline()
+    train_gender = training.create_pipeline(task="gender")
+    train_age = training.create_pipeline(task="age")
+    return {
+        "ingestion": ingest,
+        "preprocessing": prepare,
+        "train_gender": prepare + train_gender,
+        "train_age": prepare + train_age,
+        "__default__": prepare + train_gender + train_age,
     }
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
-    return pipelines

@@ -3,11 +3,16 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from face_pipeline.hooks import MlflowTagsHook
+
+# kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
+HOOKS = (MlflowTagsHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    # Kedro allows ${oc.env:...} only in credentials by default; globals.yml uses it
-    # so FACE_DATA_DIR can point the pipelines at any image folder.
+    # Kedro allows ${oc.env:...} only in credentials by default; globals.yml and mlflow.yml use
+    # it so FACE_DATA_DIR and MLFLOW_TRACKING_URI work without editing configuration.
     "custom_resolvers": {"oc.env": oc.env},
 }

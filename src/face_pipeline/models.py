@@ -1,0 +1,166 @@
+"""Keras model builders: each returns a compiled ``keras.Model`` from a few named parameters.
+
+Every model takes ``uint8``-valued images of shape ``(size, size, channels)`` and scales them to
+[0, 1] itself (a ``Rescaling`` layer), so nothing outside the model needs to know how. Data
+augmentation layers sit inside the model too: they act during ``fit`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers
+
+# What distinguishes the two tasks: the output layer, the loss and the metrics.
+TASKS = ("gender", "age")
+LOSSES = {"binary_crossentropy", "mae", "huber"}
+
+
+def _task_head(features, task: str, age_mean: float):
+    if task == "gender":
+        return layers.Dense(1, activation="sigmoid", name="gender")(features)
+    if task == "age":
+        # Start at the mean age, so the first epochs learn differences rather than the offset.
+        return layers.Dense(1, name="age", bias_initializer=keras.initializers.Constant(age_mean))(features)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _compile(model: keras.Model, task: str, learning_rate: float | Any, loss: str | None) -> keras.Model:
+    if task == "gender":
+        loss = loss or "binary_crossentropy"
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    else:
+        loss = loss or "mae"
+        metrics = [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    loss_fn = keras.losses.Huber(delta=5.0) if loss == "huber" else loss
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn, metrics=metrics)
+    return model
+
+
+def augmentation(
+    flip: bool = True,
+    rotation: float = 0.0,
+    zoom: float = 0.0,
+    translation: float = 0.0,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    seed: int | None = None,
+) -> keras.Sequential:
+    """Random, label-preserving changes to [0, 1] images; identity at inference.
+
+    ``rotation`` is a fraction of a full turn, ``zoom``/``translation`` fractions of the
+    image size, ``brightness``/``contrast`` fractions of the value range.
+    """
+    steps: list[layers.Layer] = []
+    if flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
+    if rotation:
+        steps.append(layers.RandomRotation(rotation, fill_mode="reflect", seed=seed))
+    if zoom:
+        steps.append(layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed))
+    if translation:
+        steps.append(layers.RandomTranslation(translation, translation, fill_mode="reflect", seed=seed))
+    if brightness:
+        steps.append(layers.RandomBrightness(brightness, value_range=(0.0, 1.0), seed=seed))
+    if contrast:
+        steps.append(layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def seed_cnn(
+    input_shape: tuple[int, int, int],
+    task: str,
+    *,
+    filters: tuple[int, ...] = (32, 64, 128, 256),
+    dense_units: int = 256,
+    dropout: float = 0.5,
+    learning_rate: float | Any = 1e-3,
+    loss: str | None = None,
+    age_mean: float = 33.0,
+    augment: dict | None = None,
+) -> keras.Model:
+    """The seed recipe: Conv 3x3 + ReLU + 2x2 max-pool per block, Flatten, Dense, Dropout, one output."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if augment:
+        x = augmentation(**augment)(x)
+    for index, width in enumerate(filters):
+        x = layers.Conv2D(width, 3, activation="relu", name=f"conv{index + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{index + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dense_units, activation="relu", name="dense")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    model = keras.Model(inputs, _task_head(x, task, age_mean), name=f"seed_cnn_{task}")
+    return _compile(model, task, learning_rate, loss)
+
+
+def default_cnn(
+    input_shape: tuple[int, int, int],
+    task: str,
+    *,
+    stem_filters: int = 32,
+    filters: tuple[int, ...] = (48, 96, 192),
+    convs_per_stage: int = 2,
+    batch_norm: bool = False,
+    dense_units: int = 128,
+    dropout: float = 0.3,
+    learning_rate: float | Any = 1e-3,
+    loss: str | None = None,
+    age_mean: float = 33.0,
+    augment: dict | None = None,
+) -> keras.Model:
+    """A CNN sized for CPUs: early downsampling, then VGG-style stages and global pooling.
+
+    A 5x5 stride-2 stem and a max-pool bring 128x128 inputs to 32x32 before the wide
+    convolutions, where most of a plain CNN's time goes. Each stage has
+    ``convs_per_stage`` 3x3 convolutions; every stage but the last ends in a max-pool.
+    Global average pooling keeps the head small and tolerant of where the face sits.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if augment:
+        x = augmentation(**augment)(x)
+
+    def conv(x, width: int, kernel: int, name: str, strides: int = 1):
+        x = layers.Conv2D(
+            width,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=not batch_norm,
+            kernel_initializer="he_normal",
+            name=name,
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    x = conv(x, stem_filters, 5, "stem", strides=2)
+    x = layers.MaxPooling2D(2, name="stem_pool")(x)
+    for stage, width in enumerate(filters, start=1):
+        for index in range(convs_per_stage):
+            x = conv(x, width, 3, f"stage{stage}_conv{index + 1}")
+        if stage < len(filters):
+            x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.Dropout(dropout, name="features_dropout")(x)
+    x = layers.Dense(dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    model = keras.Model(inputs, _task_head(x, task, age_mean), name=f"default_cnn_{task}")
+    return _compile(model, task, learning_rate, loss)
+
+
+ARCHITECTURES = {"seed_cnn": seed_cnn, "default_cnn": default_cnn}
+
+
+def build_model(architecture: str, input_shape: tuple[int, int, int], task: str, **options: Any) -> keras.Model:
+    """The builder named by ``architecture`` (a key of ``ARCHITECTURES``), called with ``options``."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
+    for key in ("filters",):
+        if key in options:
+            options[key] = tuple(options[key])
+    return ARCHITECTURES[architecture](tuple(input_shape), task, **options)

@@ -1,0 +1,206 @@
+"""Training: one template for every task (gender, age); the task is a parameter."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import matplotlib
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from face_pipeline.models import build_model
+
+logger = logging.getLogger(__name__)
+
+
+def configure_runtime(seed: int, deterministic: bool = False, threads: int | None = None) -> None:
+    """Seed Python, NumPy and TensorFlow; optionally force deterministic ops and thread counts.
+
+    Thread counts can only be set before TensorFlow starts its runtime; later calls log a
+    warning and keep the current setting.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+        except RuntimeError:
+            logger.warning("TensorFlow is already running; training.threads=%s not applied", threads)
+
+
+def _targets(labels: pd.DataFrame, target: str) -> np.ndarray:
+    return labels[target].to_numpy(dtype=np.float32)
+
+
+def make_dataset(
+    images: np.ndarray, targets: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
+) -> tf.data.Dataset:
+    """Batches of ``(uint8 images, float32 targets)`` read from a (memory-mapped) array.
+
+    Only the indices are shuffled; each batch is gathered from ``images`` in index order
+    (good for memory-mapped files) and stays uint8, so the set is never held as float32.
+    """
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} labels")
+    image_shape = tuple(images.shape[1:])
+
+    def gather(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.sort(indices)
+        return np.asarray(images[indices]), targets[indices]
+
+    dataset = tf.data.Dataset.range(len(images))
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(
+        lambda idx: tf.numpy_function(gather, [idx], (tf.uint8, tf.float32), stateful=False),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    dataset = dataset.map(
+        lambda x, y: (tf.ensure_shape(x, (None, *image_shape)), tf.ensure_shape(y, (None,))),
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _learning_rate(
+    training: dict[str, Any], steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    rate, schedule = float(training["learning_rate"]), training.get("lr_schedule", "constant")
+    if schedule in {"constant", "plateau"}:
+        return rate
+    if schedule == "cosine":
+        warmup = int(training.get("warmup_epochs", 0) * steps_per_epoch)
+        total = max(1, training["epochs"] * steps_per_epoch - warmup)
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                rate / 10, total, alpha=0.01, warmup_target=rate, warmup_steps=warmup
+            )
+        return keras.optimizers.schedules.CosineDecay(rate, total, alpha=0.01)
+    raise ValueError(f"lr_schedule must be constant, cosine or plateau, got {schedule!r}")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch with every metric (for logs and CI); adds ``epoch_seconds`` to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["epoch_seconds"] = time.perf_counter() - self._started
+        metrics = " ".join(f"{name}={value:.4f}" for name, value in logs.items() if name != "epoch_seconds")
+        logger.info("epoch %d: %s (%.0f s)", epoch + 1, metrics, logs["epoch_seconds"])
+
+
+def train_model(
+    train_images: np.ndarray,
+    train_labels: pd.DataFrame,
+    val_images: np.ndarray,
+    val_labels: pd.DataFrame,
+    task: dict[str, Any],
+    model_options: dict[str, Any],
+    training: dict[str, Any],
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build the model named in ``model_options`` and fit it on train, validating on val.
+
+    Returns the model with the best validation weights and its per-epoch history
+    (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
+    A run that stops half-way resumes from its last finished epoch when started again
+    (``training.backup_dir``).
+    """
+    configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
+    target = task["target"]
+    y_train, y_val = _targets(train_labels, target), _targets(val_labels, target)
+    batch_size = int(training["batch_size"])
+    steps_per_epoch = -(-len(train_images) // batch_size)
+    train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
+    val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
+
+    options = {key: value for key, value in model_options.items() if key != "architecture"}
+    if target == "age":
+        options.setdefault("age_mean", float(y_train.mean()))
+    model = build_model(
+        model_options["architecture"],
+        train_images.shape[1:],
+        target,
+        learning_rate=_learning_rate(training, steps_per_epoch),
+        **options,
+    )
+    callbacks: list[keras.callbacks.Callback] = [EpochLog()]
+    if training.get("backup_dir"):
+        callbacks.append(keras.callbacks.BackupAndRestore(str(Path(training["backup_dir"]))))
+    if training.get("early_stopping_patience"):
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=int(training["early_stopping_patience"]), restore_best_weights=True
+            )
+        )
+    if training.get("lr_schedule") == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-5))
+    logger.info(
+        "Training %s (%s, %s parameters) on %d images, validating on %d",
+        model.name,
+        model_options["architecture"],
+        f"{model.count_params():,}",
+        len(train_images),
+        len(val_images),
+    )
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=int(training["epochs"]),
+        callbacks=callbacks,
+        shuffle=False,  # train_data reshuffles itself every epoch
+        verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
+    )
+    return model, {name: [float(v) for v in values] for name, values in history.history.items()}
+
+
+def history_as_metrics(history: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:
+    """Keras history -> ``{metric: [{"value": v, "step": epoch}]}`` (epochs counted from 1)."""
+    return {
+        name: [{"value": float(value), "step": epoch} for epoch, value in enumerate(values, start=1)]
+        for name, values in history.items()
+        if name != "learning_rate"
+    }
+
+
+def plot_training_curves(history: dict[str, list[float]], task: dict[str, Any]) -> plt.Figure:
+    """Loss and metrics per epoch, train against validation, one panel per metric."""
+    names = [name for name in history if not name.startswith("val_") and name not in ("learning_rate", "epoch_seconds")]
+    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for key, label in ((name, "train"), (f"val_{name}", "validation")):
+            if key in history:
+                axis.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"{task['target']} model training")
+    figure.tight_layout()
+    return figure
+
+
+def evaluate_on_test(
+    model: keras.Model, test_images: np.ndarray, test_labels: pd.DataFrame, task: dict[str, Any]
+) -> dict:
+    """The model's compiled loss and metrics on the test split, as ``test_<name>`` MLflow metrics."""
+    data = make_dataset(test_images, _targets(test_labels, task["target"]), 256, shuffle=False, seed=0)
+    results = model.evaluate(data, verbose=0, return_dict=True)
+    logger.info("%s test: %s", task["target"], ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
+    return {f"test_{name}": {"value": float(value), "step": 0} for name, value in results.items()}

@@ -1,0 +1,47 @@
+"""Training pipeline template, instantiated once per task with a Kedro namespace.
+
+``create_pipeline(task="gender")`` gives nodes ``gender.train_model`` etc., parameters
+``params:gender.*`` (``conf/base/parameters_train_gender.yml``) and outputs ``gender.model``,
+``gender.metric_history``...; the model-input arrays are shared by every task.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import evaluate_on_test, history_as_metrics, plot_training_curves, train_model
+
+SHARED_INPUTS = {"train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"}
+
+
+def _identity(model):
+    return model
+
+
+def create_pipeline(task: str, **kwargs) -> Pipeline:
+    template = Pipeline(
+        [
+            Node(
+                train_model,
+                inputs=[
+                    "train_images",
+                    "train_labels",
+                    "val_images",
+                    "val_labels",
+                    "params:task",
+                    "params:model",
+                    "params:training",
+                ],
+                outputs=["model", "history"],
+                name="train_model",
+            ),
+            Node(history_as_metrics, "history", "metric_history", name="log_metric_history"),
+            Node(_identity, "model", "mlflow_model", name="log_model_to_mlflow"),
+            Node(plot_training_curves, ["history", "params:task"], "training_curves", name="plot_training_curves"),
+            Node(
+                evaluate_on_test,
+                ["model", "test_images", "test_labels", "params:task"],
+                "test_metrics",
+                name="evaluate_on_test",
+            ),
+        ]
+    )
+    return Pipeline(template, namespace=task, inputs=SHARED_INPUTS)
