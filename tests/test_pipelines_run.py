@@ -2,8 +2,10 @@
 
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from conftest import kedro
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 
@@ -37,3 +39,41 @@ def test_ingestion_then_preprocessing(project, tmp_path):
         total += len(images)
     assert total == 60
     assert pd.read_csv(project / "data/08_reporting/preprocessing_failures.csv").empty
+
+
+def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
+    faces = tmp_path / "faces"
+    write_utkface_folder(faces, 48, size=64)
+    # A small network for speed, as a user would override it: conf/local replaces the `gender` block.
+    params = yaml.safe_load((project / "conf/base/parameters_train_gender.yml").read_text())
+    params["gender"]["model"].update(stem_filters=8, filters=[8, 16])
+    params["gender"]["training"]["epochs"] = 2
+    (project / "conf/local/parameters_train_gender.yml").write_text(yaml.safe_dump(params))
+    kedro(project, "run", "--pipelines=train_gender", env={"FACE_DATA_DIR": str(faces)})
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["face_pipeline"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    params, tags = run.data.params, run.data.tags
+    assert params["gender.model.architecture"] == "default_cnn"
+    assert params["gender.training.epochs"] == "2"
+    assert params["preprocessing.image.size"] == "128"
+    assert len(tags["data.manifest_sha1"]) == 40
+    assert tags["data.images"] == "48"
+
+    client = mlflow.MlflowClient()
+    for metric in ("gender.loss", "gender.val_loss", "gender.val_accuracy", "gender.val_auc", "gender.epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    assert {"gender.test_accuracy", "gender.test_auc", "gender.test_loss"} <= set(run.data.metrics)
+    assert "gender_training_curves.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert (project / "data/08_reporting/gender_training_curves.png").stat().st_size > 1000
+
+    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert logged.source_run_id == run.info.run_id
+    model = mlflow.keras.load_model(logged.model_uri)
+    probabilities = model.predict(np.zeros((3, 128, 128, 1), dtype=np.uint8), verbose=0)
+    assert probabilities.shape == (3, 1)
+    assert mlflow.pyfunc.load_model(logged.model_uri).predict(np.zeros((1, 128, 128, 1), np.uint8)).shape == (1, 1)
+    versions = list((project / "data/06_models/gender_model.keras").iterdir())
+    assert len(versions) == 1  # one versioned native Keras file per run

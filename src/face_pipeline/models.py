@@ -17,12 +17,14 @@ TASKS = ("gender", "age")
 LOSSES = {"binary_crossentropy", "mae", "huber"}
 
 
-def _task_head(features, task: str, age_mean: float):
+def _task_head(features, task: str, age_mean: float, age_std: float):
     if task == "gender":
         return layers.Dense(1, activation="sigmoid", name="gender")(features)
     if task == "age":
-        # Start at the mean age, so the first epochs learn differences rather than the offset.
-        return layers.Dense(1, name="age", bias_initializer=keras.initializers.Constant(age_mean))(features)
+        # The dense layer predicts a standardised age; a fixed affine layer turns it into years.
+        # Without it the weights must first grow ~20x to span real ages, which stalls training.
+        standardised = layers.Dense(1, name="age_standardised")(features)
+        return layers.Rescaling(scale=age_std, offset=age_mean, name="age")(standardised)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -80,6 +82,7 @@ def seed_cnn(
     learning_rate: float | Any = 1e-3,
     loss: str | None = None,
     age_mean: float = 33.0,
+    age_std: float = 20.0,
     augment: dict | None = None,
 ) -> keras.Model:
     """The seed recipe: Conv 3x3 + ReLU + 2x2 max-pool per block, Flatten, Dense, Dropout, one output."""
@@ -93,7 +96,7 @@ def seed_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _task_head(x, task, age_mean), name=f"seed_cnn_{task}")
+    model = keras.Model(inputs, _task_head(x, task, age_mean, age_std), name=f"seed_cnn_{task}")
     return _compile(model, task, learning_rate, loss)
 
 
@@ -104,12 +107,13 @@ def default_cnn(
     stem_filters: int = 32,
     filters: tuple[int, ...] = (48, 96, 192),
     convs_per_stage: int = 2,
-    batch_norm: bool = False,
+    batch_norm: bool = True,
     dense_units: int = 128,
     dropout: float = 0.3,
     learning_rate: float | Any = 1e-3,
     loss: str | None = None,
     age_mean: float = 33.0,
+    age_std: float = 20.0,
     augment: dict | None = None,
 ) -> keras.Model:
     """A CNN sized for CPUs: early downsampling, then VGG-style stages and global pooling.
@@ -149,7 +153,7 @@ def default_cnn(
     x = layers.Dropout(dropout, name="features_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _task_head(x, task, age_mean), name=f"default_cnn_{task}")
+    model = keras.Model(inputs, _task_head(x, task, age_mean, age_std), name=f"default_cnn_{task}")
     return _compile(model, task, learning_rate, loss)
 
 

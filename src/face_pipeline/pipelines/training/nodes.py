@@ -133,6 +133,7 @@ def train_model(
     options = {key: value for key, value in model_options.items() if key != "architecture"}
     if target == "age":
         options.setdefault("age_mean", float(y_train.mean()))
+        options.setdefault("age_std", float(y_train.std()) or 1.0)
     model = build_model(
         model_options["architecture"],
         train_images.shape[1:],

@@ -1,0 +1,103 @@
+"""Train both models with each profile on a real image folder and compare them.
+
+    FACE_DATA_DIR=../shared/data/utkface .venv/bin/python bench/train.py [--profiles default seed]
+
+Each profile is one full ``kedro run`` (ingestion, preprocessing, gender and age training,
+test metrics), exactly what ``make run`` does; ``seed`` runs with ``--env=seed``. Runs are
+logged to bench/out/mlflow.db, and the figures below are read back from MLflow:
+wall time of the whole run, epochs, training images/s (training images x epochs / time spent
+in epochs, validation included) and the test metrics. Printed as Markdown and saved to
+bench/out/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OUT = PROJECT_ROOT / "bench" / "out"
+TASK_METRICS = {"gender": ("test_accuracy", "test_auc", "test_loss"), "age": ("test_mae", "test_rmse", "test_loss")}
+
+
+def run_profile(profile: str, tracking_uri: str, log: Path) -> float:
+    command = [str(Path(sys.executable).with_name("kedro")), "run"]
+    if profile != "default":
+        command.append(f"--env={profile}")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    started = time.perf_counter()
+    with log.open("w") as output:
+        result = subprocess.run(
+            command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, check=False
+        )
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed; see {log}")
+    return time.perf_counter() - started
+
+
+def summarise(run, client: mlflow.MlflowClient, train_images: int) -> dict:
+    row = {}
+    for task, metrics in TASK_METRICS.items():
+        seconds = [m.value for m in client.get_metric_history(run.info.run_id, f"{task}.epoch_seconds")]
+        row[f"{task}_epochs"] = len(seconds)
+        row[f"{task}_train_minutes"] = sum(seconds) / 60
+        row[f"{task}_images_per_s"] = train_images * len(seconds) / sum(seconds) if seconds else float("nan")
+        for name in metrics:
+            row[f"{task}_{name}"] = run.data.metrics.get(f"{task}.{name}")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profiles", nargs="+", default=["default", "seed"])
+    args = parser.parse_args()
+    if not os.environ.get("FACE_DATA_DIR"):
+        sys.exit("Set FACE_DATA_DIR to a folder of labelled faces, e.g. FACE_DATA_DIR=../shared/data/utkface")
+    OUT.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{OUT / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+
+    results = {}
+    for profile in args.profiles:
+        print(f"kedro run ({profile}) ...", flush=True)
+        wall = run_profile(profile, tracking_uri, OUT / f"train_{profile}.log")
+        run = mlflow.search_runs(
+            experiment_names=["face_pipeline"], order_by=["start_time DESC"], output_format="list"
+        )[0]
+        train_images = len(pd.read_parquet(PROJECT_ROOT / "data/05_model_input/train_labels.parquet"))
+        results[profile] = {
+            "wall_minutes": wall / 60,
+            "run_id": run.info.run_id,
+            **summarise(run, client, train_images),
+        }
+        print(json.dumps(results[profile], indent=2), flush=True)
+    (OUT / "train.json").write_text(json.dumps(results, indent=2))
+
+    columns = list(results)
+    rows = [
+        ("whole `kedro run`, minutes", "wall_minutes", "{:.1f}"),
+        ("gender: epochs", "gender_epochs", "{}"),
+        ("gender: training images/s", "gender_images_per_s", "{:.0f}"),
+        ("gender: test accuracy", "gender_test_accuracy", "{:.4f}"),
+        ("gender: test ROC AUC", "gender_test_auc", "{:.4f}"),
+        ("age: epochs", "age_epochs", "{}"),
+        ("age: training images/s", "age_images_per_s", "{:.0f}"),
+        ("age: test MAE (years)", "age_test_mae", "{:.2f}"),
+        ("age: test RMSE (years)", "age_test_rmse", "{:.2f}"),
+    ]
+    print("\n| | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
+    for label, key, fmt in rows:
+        print(f"| {label} | " + " | ".join(fmt.format(results[c][key]) for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()

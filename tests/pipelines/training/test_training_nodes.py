@@ -1,0 +1,125 @@
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from face_pipeline.pipelines.training import nodes
+from face_pipeline.pipelines.training.nodes import history_as_metrics, make_dataset, plot_training_curves, train_model
+
+SIZE = 32
+MODEL = {
+    "architecture": "default_cnn",
+    "stem_filters": 8,
+    "filters": [8, 16],
+    "convs_per_stage": 1,
+    "batch_norm": False,
+    "dense_units": 8,
+}
+
+
+def training_params(tmp_path=None, **overrides) -> dict:
+    params = {
+        "epochs": 1,
+        "batch_size": 16,
+        "learning_rate": 0.002,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 0,
+        "early_stopping_patience": 0,
+        "seed": 3,
+        "deterministic": False,
+        "threads": None,
+        "backup_dir": str(tmp_path / "backup") if tmp_path else None,
+    }
+    return {**params, **overrides}
+
+
+def tiny_split(count: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Bright faces are 'female' and old, dark ones 'male' and young: learnable in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    gender = rng.integers(0, 2, count)
+    images = rng.integers(0, 60, (count, SIZE, SIZE, 1)) + gender[:, None, None, None] * 150
+    labels = pd.DataFrame({"image_id": [f"{seed}_{i}" for i in range(count)], "gender": gender})
+    labels["age"] = 20 + 40 * gender + rng.integers(0, 5, count)
+    labels["race"] = pd.array([None] * count, dtype="Int8")
+    return images.astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def data():
+    return (*tiny_split(64, 1), *tiny_split(32, 2))
+
+
+@pytest.mark.parametrize("task", ["gender", "age"])
+def test_one_epoch_per_task(data, task):
+    model, history = train_model(*data, {"target": task}, MODEL, training_params())
+    assert isinstance(model, keras.Model)
+    expected = {"loss", "val_loss", "epoch_seconds"} | (
+        {"accuracy", "auc", "val_accuracy", "val_auc"} if task == "gender" else {"mae", "rmse", "val_mae", "val_rmse"}
+    )
+    assert expected <= set(history)
+    assert all(len(values) == 1 for values in history.values())
+
+
+def test_training_learns_the_signal(data):
+    _, history = train_model(
+        *data, {"target": "gender"}, MODEL, training_params(epochs=4, learning_rate=0.005, lr_schedule="constant")
+    )
+    assert history["val_accuracy"][-1] > 0.9
+
+
+def test_metric_history_format_for_mlflow():
+    metrics = history_as_metrics({"loss": [0.9, 0.5], "val_loss": [1.0, 0.7]})
+    assert metrics["val_loss"] == [{"value": 1.0, "step": 1}, {"value": 0.7, "step": 2}]
+
+
+def test_training_curves_plot():
+    figure = plot_training_curves(
+        {"loss": [0.9, 0.5], "val_loss": [1.0, 0.7], "mae": [9, 8], "val_mae": [10, 9], "epoch_seconds": [3, 3]},
+        {"target": "age"},
+    )
+    assert [axis.get_title() for axis in figure.axes] == ["loss", "mae"]
+
+
+def test_dataset_batches_stay_uint8_and_cover_every_image():
+    images = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
+    targets = np.arange(10, dtype=np.float32)
+    batches = list(make_dataset(images, targets, 4, shuffle=True, seed=0))
+    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    assert all(x.dtype == np.uint8 for x, _ in batches)
+    seen = np.concatenate([y.numpy() for _, y in batches])
+    assert sorted(seen) == list(range(10))
+    for x, y in batches:  # each image still carries its own label
+        np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], images[y.numpy().astype(int), 0, 0, 0])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path, monkeypatch):
+    params = training_params(tmp_path, epochs=4)
+    original = nodes.EpochLog.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(Interrupted):
+        train_model(*data, {"target": "gender"}, MODEL, params)
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", original)
+
+    _, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    # The crash came before the second epoch's backup, so epochs 2-4 run again.
+    assert len(history["loss"]) == 3
+    backup = tmp_path / "backup"
+    assert not backup.exists() or not any(backup.iterdir())  # a finished run removes its backup
+
+
+def test_deterministic_option_gives_identical_models(data):
+    params = training_params(epochs=2, deterministic=True)
+    first, _ = train_model(*data, {"target": "age"}, MODEL, params)
+    second, _ = train_model(*data, {"target": "age"}, MODEL, params)
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
