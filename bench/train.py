@@ -25,7 +25,10 @@ import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out"
-TASK_METRICS = {"gender": ("test_accuracy", "test_auc", "test_loss"), "age": ("test_mae", "test_rmse", "test_loss")}
+TASK_METRICS = {
+    "gender": ("test_accuracy", "test_roc_auc", "test_f1", "test_gap_race"),
+    "age": ("test_mae", "test_rmse", "test_cs_at_5", "test_gap_race"),
+}
 
 
 def run_profile(profile: str, tracking_uri: str, log: Path) -> float:
@@ -88,11 +91,14 @@ def main() -> None:
         ("gender: epochs", "gender_epochs", "{}"),
         ("gender: training images/s", "gender_images_per_s", "{:.0f}"),
         ("gender: test accuracy", "gender_test_accuracy", "{:.4f}"),
-        ("gender: test ROC AUC", "gender_test_auc", "{:.4f}"),
+        ("gender: test ROC AUC", "gender_test_roc_auc", "{:.4f}"),
+        ("gender: largest accuracy gap between races", "gender_test_gap_race", "{:.4f}"),
         ("age: epochs", "age_epochs", "{}"),
         ("age: training images/s", "age_images_per_s", "{:.0f}"),
         ("age: test MAE (years)", "age_test_mae", "{:.2f}"),
         ("age: test RMSE (years)", "age_test_rmse", "{:.2f}"),
+        ("age: test share within 5 years", "age_test_cs_at_5", "{:.3f}"),
+        ("age: largest MAE gap between races (years)", "age_test_gap_race", "{:.2f}"),
     ]
     print("\n| | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
     for label, key, fmt in rows:

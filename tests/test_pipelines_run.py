@@ -65,8 +65,11 @@ def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     client = mlflow.MlflowClient()
     for metric in ("gender.loss", "gender.val_loss", "gender.val_accuracy", "gender.val_auc", "gender.epoch_seconds"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
-    assert {"gender.test_accuracy", "gender.test_auc", "gender.test_loss"} <= set(run.data.metrics)
-    assert "gender_training_curves.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {"gender.test_accuracy", "gender.test_roc_auc", "gender.test_log_loss", "gender.test_f1"} <= set(
+        run.data.metrics
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"gender_training_curves.png", "gender_metrics.json", "gender_confusion_matrix.png"} <= artifacts
     assert (project / "data/08_reporting/gender_training_curves.png").stat().st_size > 1000
 
     [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from face_pipeline.pipelines import ingestion, preprocessing, training
+from face_pipeline.pipelines import evaluation, ingestion, preprocessing, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -16,12 +16,14 @@ def register_pipelines() -> dict[str, Pipeline]:
     """
     ingest = ingestion.create_pipeline()
     prepare = ingest + preprocessing.create_pipeline()
-    train_gender = training.create_pipeline(task="gender")
-    train_age = training.create_pipeline(task="age")
+    train = {task: training.create_pipeline(task=task) for task in ("gender", "age")}
+    evaluate = {task: evaluation.create_pipeline(task=task) for task in ("gender", "age")}
     return {
         "ingestion": ingest,
         "preprocessing": prepare,
-        "train_gender": prepare + train_gender,
-        "train_age": prepare + train_age,
-        "__default__": prepare + train_gender + train_age,
+        "train_gender": prepare + train["gender"] + evaluate["gender"],
+        "train_age": prepare + train["age"] + evaluate["age"],
+        # Scores the latest saved models again, e.g. after changing the evaluation parameters.
+        "evaluation": evaluate["gender"] + evaluate["age"],
+        "__default__": prepare + train["gender"] + evaluate["gender"] + train["age"] + evaluate["age"],
     }

@@ -1,9 +1,14 @@
 """Project settings. See https://docs.kedro.org/en/stable/configure/configuration_basics/."""
 
+import os
+
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
 HOOKS = (MlflowTagsHook(),)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import sys
@@ -10,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 from face_pipeline.models import build_model
 
@@ -93,6 +92,17 @@ def _learning_rate(
     raise ValueError(f"lr_schedule must be constant, cosine or plateau, got {schedule!r}")
 
 
+def backup_path(root: str, model_options: dict, training: dict, data_shape: tuple) -> Path:
+    """Where a run's last finished epoch is kept: one folder per configuration.
+
+    A run only resumes from a backup made with the same model, training parameters and data
+    shape; after any change it starts afresh instead of failing to restore other weights.
+    """
+    settings = {"model": model_options, "training": {k: v for k, v in training.items() if k != "backup_dir"}}
+    key = json.dumps({**settings, "data_shape": list(data_shape)}, sort_keys=True, default=str)
+    return Path(root) / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
 class EpochLog(keras.callbacks.Callback):
     """One log line per epoch with every metric (for logs and CI); adds ``epoch_seconds`` to the logs."""
 
@@ -143,7 +153,10 @@ def train_model(
     )
     callbacks: list[keras.callbacks.Callback] = [EpochLog()]
     if training.get("backup_dir"):
-        callbacks.append(keras.callbacks.BackupAndRestore(str(Path(training["backup_dir"]))))
+        backup = backup_path(training["backup_dir"], model_options, training, train_images.shape)
+        if backup.exists():
+            logger.info("Resuming from the last finished epoch saved in %s", backup)
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
     if training.get("early_stopping_patience"):
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -195,13 +208,3 @@ def plot_training_curves(history: dict[str, list[float]], task: dict[str, Any]) 
     figure.suptitle(f"{task['target']} model training")
     figure.tight_layout()
     return figure
-
-
-def evaluate_on_test(
-    model: keras.Model, test_images: np.ndarray, test_labels: pd.DataFrame, task: dict[str, Any]
-) -> dict:
-    """The model's compiled loss and metrics on the test split, as ``test_<name>`` MLflow metrics."""
-    data = make_dataset(test_images, _targets(test_labels, task["target"]), 256, shuffle=False, seed=0)
-    results = model.evaluate(data, verbose=0, return_dict=True)
-    logger.info("%s test: %s", task["target"], ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
-    return {f"test_{name}": {"value": float(value), "step": 0} for name, value in results.items()}

@@ -7,9 +7,9 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import evaluate_on_test, history_as_metrics, plot_training_curves, train_model
+from .nodes import history_as_metrics, plot_training_curves, train_model
 
-SHARED_INPUTS = {"train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"}
+SHARED_INPUTS = {"train_images", "train_labels", "val_images", "val_labels"}
 
 
 def _identity(model):
@@ -36,12 +36,6 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
             Node(history_as_metrics, "history", "metric_history", name="log_metric_history"),
             Node(_identity, "model", "mlflow_model", name="log_model_to_mlflow"),
             Node(plot_training_curves, ["history", "params:task"], "training_curves", name="plot_training_curves"),
-            Node(
-                evaluate_on_test,
-                ["model", "test_images", "test_labels", "params:task"],
-                "test_metrics",
-                name="evaluate_on_test",
-            ),
         ]
     )
     return Pipeline(template, namespace=task, inputs=SHARED_INPUTS)

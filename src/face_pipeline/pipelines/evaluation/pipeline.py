@@ -1,0 +1,76 @@
+"""Evaluation pipeline template: scores one task's model on the test split (namespace = task)."""
+
+from functools import partial, update_wrapper
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    breakdown,
+    evaluate,
+    metrics_for_mlflow,
+    plot_confusion_matrix,
+    plot_group_metric,
+    plot_predicted_vs_true,
+    plot_roc_curve,
+    plot_worst_faces,
+    predict,
+)
+
+SHARED_INPUTS = {"test_images", "test_labels"}
+
+
+def _by(grouping: str):
+    return update_wrapper(partial(plot_group_metric, grouping=grouping), plot_group_metric)
+
+
+def _plot_nodes(task: str) -> list[Node]:
+    """The plots differ by task; every plot is its own dataset so kedro-viz can preview it."""
+    if task == "gender":
+        task_plots = [
+            Node(plot_confusion_matrix, "metrics", "confusion_matrix_plot", name="plot_confusion_matrix"),
+            Node(plot_roc_curve, ["test_predictions", "metrics"], "roc_curve_plot", name="plot_roc_curve"),
+        ]
+    else:
+        task_plots = [
+            Node(
+                plot_predicted_vs_true,
+                ["test_predictions", "metrics"],
+                "predicted_vs_true_plot",
+                name="plot_predicted_vs_true",
+            ),
+        ]
+    return [
+        *task_plots,
+        Node(_by("age_band"), ["group_metrics", "params:task"], "by_age_band_plot", name="plot_by_age_band"),
+        Node(_by("race"), ["group_metrics", "params:task"], "by_race_plot", name="plot_by_race"),
+        Node(
+            plot_worst_faces,
+            ["test_predictions", "test_images", "params:task"],
+            "worst_faces_plot",
+            name="plot_worst_faces",
+        ),
+    ]
+
+
+def create_pipeline(task: str, **kwargs) -> Pipeline:
+    template = Pipeline(
+        [
+            Node(
+                predict, ["model", "test_images", "test_labels", "params:task"], "test_predictions", name="predict_test"
+            ),
+            Node(
+                breakdown, ["test_predictions", "params:task", "params:evaluation"], "group_metrics", name="break_down"
+            ),
+            Node(
+                evaluate,
+                ["test_predictions", "group_metrics", "params:task", "params:evaluation"],
+                "metrics",
+                name="evaluate",
+            ),
+            Node(metrics_for_mlflow, "metrics", "test_metrics", name="log_test_metrics"),
+            *_plot_nodes(task),
+        ]
+    )
+    return Pipeline(
+        template, namespace=task, inputs=SHARED_INPUTS, parameters={"params:evaluation": "params:evaluation"}
+    )
