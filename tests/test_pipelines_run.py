@@ -9,6 +9,8 @@ import yaml
 from conftest import kedro
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 
+from face_pipeline.pipeline_registry import register_pipelines
+
 
 def test_ingestion_then_preprocessing(project, tmp_path):
     faces = tmp_path / "faces"
@@ -41,14 +43,19 @@ def test_ingestion_then_preprocessing(project, tmp_path):
     assert pd.read_csv(project / "data/08_reporting/preprocessing_failures.csv").empty
 
 
+def use_small_networks(project, epochs: int = 2) -> None:
+    """Tiny models for speed, overridden as a user would: conf/local replaces a task's block."""
+    for task in ("gender", "age"):
+        params = yaml.safe_load((project / f"conf/base/parameters_train_{task}.yml").read_text())
+        params[task]["model"].update(stem_filters=8, filters=[8, 16])
+        params[task]["training"]["epochs"] = epochs
+        (project / f"conf/local/parameters_train_{task}.yml").write_text(yaml.safe_dump(params))
+
+
 def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     faces = tmp_path / "faces"
     write_utkface_folder(faces, 48, size=64)
-    # A small network for speed, as a user would override it: conf/local replaces the `gender` block.
-    params = yaml.safe_load((project / "conf/base/parameters_train_gender.yml").read_text())
-    params["gender"]["model"].update(stem_filters=8, filters=[8, 16])
-    params["gender"]["training"]["epochs"] = 2
-    (project / "conf/local/parameters_train_gender.yml").write_text(yaml.safe_dump(params))
+    use_small_networks(project)
     kedro(project, "run", "--pipelines=train_gender", env={"FACE_DATA_DIR": str(faces)})
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
@@ -80,3 +87,48 @@ def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     assert mlflow.pyfunc.load_model(logged.model_uri).predict(np.zeros((1, 128, 128, 1), np.uint8)).shape == (1, 1)
     versions = list((project / "data/06_models/gender_model.keras").iterdir())
     assert len(versions) == 1  # one versioned native Keras file per run
+
+
+def test_evaluate_saved_models_on_another_folder(project, tmp_path):
+    write_utkface_folder(tmp_path / "faces", 48, size=64)
+    other = tmp_path / "other_faces"
+    write_utkface_folder(other, 20, size=100, seed=9)
+    (other / "broken.jpg").write_bytes(b"")
+    use_small_networks(project, epochs=1)
+    env = {"FACE_DATA_DIR": str(tmp_path / "faces"), "EVAL_DATA_DIR": str(other)}
+    kedro(project, "run", env=env)
+    training_reports = {p.name: p.stat().st_mtime for p in (project / "data/08_reporting").iterdir()}
+
+    kedro(project, "run", "--pipelines=evaluate_folder", env=env)
+    reports = project / "data/08_reporting"
+    for task, metric in (("gender", "accuracy"), ("age", "mae")):
+        report = json.loads((reports / f"external_{task}_metrics.json").read_text())
+        assert report["images"] == 20
+        assert report[metric] >= 0
+        groups = pd.read_csv(reports / f"external_{task}_group_metrics.csv")
+        assert set(groups["grouping"]) == {"age_band", "gender", "race"}
+        assert (reports / f"external_{task}_worst_faces.png").stat().st_size > 1000
+        # The training run's own reports are left as they were.
+        assert (reports / f"{task}_metrics.json").stat().st_mtime == training_reports[f"{task}_metrics.json"]
+    assert pd.read_csv(reports / "external_rejected_images.csv")["reason"].tolist() == ["empty file"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["face_pipeline"], order_by=["start_time DESC"], output_format="list")[0]
+    assert run.data.tags["pipeline_names"] == "['evaluate_folder']"
+    assert {"external.gender.test_accuracy", "external.age.test_mae"} <= set(run.data.metrics)
+
+
+def test_kedro_viz_export_lists_every_pipeline_and_node(project):
+    kedro(project, "viz", "build", "--include-previews")
+    api = project / "build" / "api"
+    registered = register_pipelines()
+    assert set(registered) <= {p["id"] for p in json.loads((api / "main").read_text())["pipelines"]}
+    for name, pipeline in registered.items():
+        exported = json.loads((api / "pipelines" / name).read_text())
+        tasks = [n for n in exported["nodes"] if n["type"] == "task"]
+        assert len(tasks) == len(pipeline.nodes), name
+        exported_names = {".".join([*(n.get("modular_pipelines") or [])[-1:], n["name"]]) for n in tasks}
+        assert exported_names == {node.name for node in pipeline.nodes}, name
+    # The training namespaces are collapsible groups.
+    groups = {n["name"] for n in json.loads((api / "main").read_text())["nodes"] if n["type"] == "modularPipeline"}
+    assert {"gender", "age"} <= groups

@@ -25,5 +25,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "train_age": prepare + train["age"] + evaluate["age"],
         # Scores the latest saved models again, e.g. after changing the evaluation parameters.
         "evaluation": evaluate["gender"] + evaluate["age"],
+        # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining.
+        "evaluate_folder": evaluation.create_folder_pipeline(),
         "__default__": prepare + train["gender"] + evaluate["gender"] + train["age"] + evaluate["age"],
     }

@@ -74,3 +74,31 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
     return Pipeline(
         template, namespace=task, inputs=SHARED_INPUTS, parameters={"params:evaluation": "params:evaluation"}
     )
+
+
+def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeline:
+    """Score the saved models on another labelled folder, without retraining.
+
+    The folder (``external_images``) goes through the same ingestion and preprocessing as the
+    training data, with every usable image in the test split, then through each task's
+    evaluation. Everything is namespaced ``external``: reports land in
+    ``08_reporting/external.<task>_*`` and in MLflow as ``external.<task>.test_*``.
+    """
+    from face_pipeline.pipelines import ingestion, preprocessing  # noqa: PLC0415 - avoid an import cycle
+
+    prepare = Pipeline(
+        ingestion.create_pipeline() + preprocessing.create_pipeline(),
+        namespace="external",
+        inputs={"raw_images": "external_images"},
+        parameters={"params:ingestion": "params:external_ingestion", "params:preprocessing": "params:preprocessing"},
+    )
+    scoring = [
+        Pipeline(
+            create_pipeline(task),
+            namespace="external",
+            inputs={f"{task}.model": f"{task}.model"},
+            parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
+        )
+        for task in tasks
+    ]
+    return sum(scoring, prepare)
