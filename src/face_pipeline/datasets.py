@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from copy import deepcopy
 from pathlib import PurePosixPath
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import fsspec
 import numpy as np
 from kedro.io.core import (
+    AbstractDataset,
     AbstractVersionedDataset,
     DatasetError,
     Version,
@@ -80,3 +83,65 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
         except DatasetError:
             return False
         return self._fs.exists(load_path)
+
+
+def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    with fs.open(path, "rb") as stream:
+        return stream.read()
+
+
+class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
+    """Photos to predict on: a folder (searched recursively), one file, or a list of either.
+
+    ``paths`` is a path or fsspec URL, a comma-separated string of them, or a list. Loads as
+    ``{location: loader}`` like ``PartitionedDataset``; each loader returns the file's bytes.
+    Read-only.
+    """
+
+    def __init__(self, *, paths: str | list[str], metadata: dict[str, Any] | None = None) -> None:
+        self._paths = [p.strip() for p in paths.split(",")] if isinstance(paths, str) else [str(p) for p in paths]
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"paths": self._paths}
+
+    def load(self) -> dict[str, Callable[[], bytes]]:
+        from face_pipeline.images import IMAGE_EXTENSIONS  # noqa: PLC0415 - keep this module light
+
+        files: dict[str, Callable[[], bytes]] = {}
+        for location in self._paths:
+            fs, path = fsspec.core.url_to_fs(location)
+            if fs.isdir(path):
+                found = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS))
+            elif fs.exists(path):
+                found = [path]
+            else:
+                raise DatasetError(f"No such file or folder: {location}")
+            for item in found:
+                files[fs.unstrip_protocol(item) if "://" in location else item] = functools.partial(_read, fs, item)
+        return files
+
+    def save(self, data: None) -> None:
+        raise DatasetError("ImageFilesDataset is read-only")
+
+
+class KerasModelDataset(AbstractDataset[None, Any]):
+    """A trained Keras model from a ``.keras`` file, a Kedro versioned folder (its latest
+    version) or an MLflow model URI (``runs:/<run>/gender_model``, ``models:/face_gender/1``).
+    Read-only: training saves models through ``tensorflow.TensorFlowModelDataset``.
+    """
+
+    def __init__(self, *, source: str, metadata: dict[str, Any] | None = None) -> None:
+        self._source = str(source)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"source": self._source}
+
+    def load(self) -> Any:
+        from face_pipeline.predict import load_keras_model  # noqa: PLC0415 - TensorFlow only when needed
+
+        return load_keras_model(self._source)
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("KerasModelDataset is read-only")

@@ -159,22 +159,36 @@ def _decode_jpeg(data: bytes, mode: str, shorter_side: int, size: int) -> np.nda
     return pixels
 
 
+def load_image(data: bytes, spec: ImageSpec, min_side: int | None = None) -> np.ndarray:
+    """Bytes of a photo -> uint8 ``(H, W)`` or ``(H, W, 3)`` array in ``spec``'s colour mode.
+
+    EXIF orientation is applied. With ``min_side``, JPEGs are decoded at 1/2, 1/4 or 1/8
+    scale as long as the shorter side stays at least ``min_side`` pixels.
+    """
+    mode, _ = COLOR_MODES[spec.color_mode]
+    image = open_image(data, spec.max_pixels)
+    pixels = None
+    if image.format == "JPEG" and image.mode in ("L", "RGB"):
+        pixels = _decode_jpeg(data, mode, min(image.size), min_side or min(image.size))
+    if pixels is None:  # other formats and modes, or a JPEG OpenCV could not read
+        image = load_pixels(image)
+        ImageOps.exif_transpose(image, in_place=True)
+        pixels = np.asarray(to_mode(image, mode))
+    return pixels
+
+
+def face_input(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """A face (whole image or detected crop) -> the network input, shape ``spec.shape``."""
+    return resize_square(pixels, spec.size, spec.resample).reshape(spec.shape)
+
+
 def decode_face(data: bytes, spec: ImageSpec) -> np.ndarray:
     """Bytes of a face photo -> uint8 array of shape ``spec.shape``.
 
     EXIF orientation is applied, the image is centre-cropped to a square and
     resized. JPEGs are decoded at reduced scale when that loses nothing.
     """
-    mode, _ = COLOR_MODES[spec.color_mode]
-    image = open_image(data, spec.max_pixels)
-    pixels = None
-    if image.format == "JPEG" and image.mode in ("L", "RGB"):
-        pixels = _decode_jpeg(data, mode, min(image.size), spec.size)
-    if pixels is None:  # other formats and modes, or a JPEG OpenCV could not read
-        image = load_pixels(image)
-        ImageOps.exif_transpose(image, in_place=True)
-        pixels = np.asarray(to_mode(image, mode))
-    return resize_square(pixels, spec.size, spec.resample).reshape(spec.shape)
+    return face_input(load_image(data, spec, min_side=spec.size), spec)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from face_pipeline.pipelines import evaluation, ingestion, preprocessing, training
+from face_pipeline.pipelines import evaluation, ingestion, predict, preprocessing, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -27,5 +27,14 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluate["gender"] + evaluate["age"],
         # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining.
         "evaluate_folder": evaluation.create_folder_pipeline(),
-        "__default__": prepare + train["gender"] + evaluate["gender"] + train["age"] + evaluate["age"],
+        # Gender and age for new photos (predict.input_path), with the saved models.
+        "predict": predict.create_pipeline(),
+        # Both models bundled with detection and preprocessing as the MLflow model face_model.
+        "package_model": predict.create_packaging_pipeline(),
+        "__default__": prepare
+        + train["gender"]
+        + evaluate["gender"]
+        + train["age"]
+        + evaluate["age"]
+        + predict.create_packaging_pipeline(),
     }

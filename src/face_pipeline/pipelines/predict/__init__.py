@@ -1,0 +1,5 @@
+"""Predict pipeline."""
+
+from .pipeline import create_packaging_pipeline, create_pipeline
+
+__all__ = ["create_packaging_pipeline", "create_pipeline"]

@@ -1,0 +1,40 @@
+"""Predict pipeline: photos -> faces -> gender and age, with the saved models."""
+
+from kedro.pipeline import Node, Pipeline
+
+from face_pipeline.serving import log_face_model
+
+from .nodes import predict_faces
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                predict_faces,
+                [
+                    "predict_photos",
+                    "predict_gender_model",
+                    "predict_age_model",
+                    "params:predict",
+                    "params:preprocessing",
+                ],
+                ["predictions", "predictions_csv"],
+                name="predict_faces",
+            )
+        ]
+    )
+
+
+def create_packaging_pipeline(**kwargs) -> Pipeline:
+    """Bundle both trained networks with detection and preprocessing as the MLflow model ``face_model``."""
+    return Pipeline(
+        [
+            Node(
+                log_face_model,
+                ["gender.model", "age.model", "params:preprocessing", "params:predict"],
+                "face_model_uri",
+                name="log_face_model",
+            )
+        ]
+    )

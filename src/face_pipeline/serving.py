@@ -1,0 +1,113 @@
+"""The served model: one MLflow pyfunc bundling detection, preprocessing and both networks.
+
+Input: a DataFrame with a column ``image`` of base64-encoded photos (any format PIL or OpenCV
+reads) and optionally ``id``. Output: one row per face, as ``FacePredictor`` gives it.
+
+    mlflow models serve -m runs:/<run id>/face_model --env-manager local -h 127.0.0.1 -p 5001
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+import face_pipeline
+from face_pipeline.faces import DetectionSettings
+from face_pipeline.images import ImageRejected, ImageSpec, open_image
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+REQUIREMENTS = ("tensorflow-cpu", "keras", "opencv-python-headless", "pillow", "pandas", "numpy", "fsspec")
+
+
+def _reject(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)
+
+
+def decode_payload(model_input: pd.DataFrame, max_bytes: int, max_pixels: int) -> list[tuple[str, bytes]]:
+    """``(id, image bytes)`` per row; any bad row rejects the request with a message naming it."""
+    if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+        raise _reject("expected a table with a column 'image' of base64-encoded photos")
+    ids = model_input["id"].astype(str) if "id" in model_input.columns else model_input.index.astype(str)
+    photos = []
+    for row, (name, value) in enumerate(zip(ids, model_input["image"], strict=True)):
+        if not isinstance(value, str) or not value.strip():
+            raise _reject(f"row {row}: 'image' is empty or not a string")
+        if len(value) > max_bytes * 4 // 3 + 4:
+            raise _reject(f"row {row}: image larger than {max_bytes // (1024 * 1024)} MB")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _reject(f"row {row}: 'image' is not valid base64 ({exc})") from exc
+        try:
+            open_image(data, max_pixels)
+        except ImageRejected as exc:
+            raise _reject(f"row {row}: {exc}") from exc
+        photos.append((name, data))
+    return photos
+
+
+class FaceModel(mlflow.pyfunc.PythonModel):
+    """Detection + ``face_input`` + the gender and age networks, as one MLflow model."""
+
+    def load_context(self, context) -> None:
+        import keras  # noqa: PLC0415
+
+        from face_pipeline.predict import FacePredictor  # noqa: PLC0415
+
+        config = context.model_config
+        self.max_bytes = int(config.get("max_image_bytes", MAX_IMAGE_BYTES))
+        spec = ImageSpec.from_params(config["image"])
+        self.max_pixels = spec.max_pixels
+        self.predictor = FacePredictor(
+            keras.models.load_model(context.artifacts["gender_model"]),
+            keras.models.load_model(context.artifacts["age_model"]),
+            spec,
+            DetectionSettings.from_params(config["detection"]),
+        )
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        photos = decode_payload(model_input, self.max_bytes, self.max_pixels)
+        return self.predictor.predict(photos).rename(columns={"file": "id"})
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    pins = []
+    for package in REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_face_model(gender_model, age_model, preprocessing: dict[str, Any], predict: dict[str, Any]) -> str:
+    """Log the bundled model as ``face_model`` into the active MLflow run; returns its URI.
+
+    Node function: kedro-mlflow's model dataset cannot attach the two networks as artifacts,
+    so the node logs the model itself (into the run kedro-mlflow opened).
+    """
+    image = {k: v for k, v in preprocessing["image"].items() if k in ("size", "color_mode", "resample", "max_pixels")}
+    config = {"image": image, "detection": dict(predict["detection"]), "max_image_bytes": MAX_IMAGE_BYTES}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"gender_model": str(Path(folder) / "gender.keras"), "age_model": str(Path(folder) / "age.keras")}
+        gender_model.save(paths["gender_model"])
+        age_model.save(paths["age_model"])
+        info = mlflow.pyfunc.log_model(
+            name="face_model",
+            python_model=FaceModel(),
+            artifacts=paths,
+            model_config=config,
+            code_paths=[str(Path(face_pipeline.__file__).parent)],
+            pip_requirements=_requirements(),
+            input_example=None,
+        )
+    return info.model_uri
