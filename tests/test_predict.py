@@ -1,0 +1,200 @@
+"""Prediction on new photos: the shared preprocessing, the command line and the served model."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from click.testing import CliRunner
+from fake_faces import encode
+from PIL import Image
+from skimage import data
+
+from face_pipeline.console import cli
+from face_pipeline.faces import DetectionSettings
+from face_pipeline.images import ImageSpec, decode_face
+from face_pipeline.models import build_model
+from face_pipeline.predict import PREDICTION_COLUMNS, FacePredictor, load_keras_model
+from face_pipeline.serving import log_face_model
+
+SIZE = 32
+SPEC = ImageSpec(size=SIZE)
+PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
+CROP = encode(Image.fromarray(data.astronaut()).crop((160, 50, 300, 190)), "PNG")
+
+
+class Recorder:
+    """A stand-in network that records its inputs and answers a fixed value."""
+
+    def __init__(self, value: float):
+        self.value, self.inputs = value, []
+
+    def predict_on_batch(self, batch):
+        self.inputs.append(np.array(batch))
+        return np.full((len(batch), 1), self.value, dtype=np.float32)
+
+
+def test_rows_for_faces_no_faces_and_bad_files():
+    gender, age = Recorder(0.8), Recorder(41.26)
+    predictor = FacePredictor(gender, age, SPEC, DetectionSettings(mode="auto"))
+    noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)))
+    table = predictor.predict([("photo.jpg", PHOTO), ("crop.png", CROP), ("noise.jpg", noise), ("x.jpg", b"text")])
+    assert list(table.columns) == PREDICTION_COLUMNS
+    assert table["status"].tolist() == ["ok", "ok", "no face", "error"]
+    ok = table[table["status"] == "ok"]
+    assert ok["gender"].tolist() == ["female", "female"]
+    assert ok["female_probability"].tolist() == [0.8, 0.8]
+    assert ok["age"].tolist() == [41.3, 41.3]
+    assert table.loc[3, "reason"].startswith("not an image")
+    assert len(gender.inputs[0]) == 2  # both faces in one batch
+
+
+def test_a_crop_gets_exactly_the_training_preprocessing():
+    gender = Recorder(0.5)
+    FacePredictor(gender, Recorder(30), SPEC, DetectionSettings(mode="auto")).predict([("crop.png", CROP)])
+    np.testing.assert_array_equal(gender.inputs[0][0], decode_face(CROP, SPEC))
+
+
+def test_loader_errors_become_rows():
+    def unreadable():
+        raise PermissionError("denied")
+
+    table = FacePredictor(Recorder(0.5), Recorder(30), SPEC).predict([("locked.jpg", unreadable)])
+    assert table["status"].tolist() == ["error"]
+    assert "PermissionError" in table.loc[0, "reason"]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for task in ("gender", "age"):
+        model = build_model("default_cnn", (SIZE, SIZE, 1), task, stem_filters=4, filters=[4], batch_norm=False)
+        # Kedro's versioned layout, two versions: the latest must win.
+        for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
+            path = folder / f"{task}_model.keras" / version / f"{task}_model.keras"
+            path.parent.mkdir(parents=True)
+            model.save(path)
+        paths[task] = folder / f"{task}_model.keras"
+    return paths
+
+
+def test_versioned_folder_loads_the_latest_version(saved_models, tmp_path):
+    assert load_keras_model(saved_models["gender"]).input_shape == (None, SIZE, SIZE, 1)
+    with pytest.raises(FileNotFoundError, match="kedro run"):
+        load_keras_model(tmp_path / "missing.keras")
+
+
+@pytest.mark.parametrize("output_format", ["table", "json", "csv"])
+def test_command_line_prints_one_line_per_face(saved_models, tmp_path, output_format):
+    (tmp_path / "photo.jpg").write_bytes(PHOTO)
+    (tmp_path / "broken.jpg").write_bytes(b"")
+    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path), *models, "--format", output_format])
+    assert result.exit_code == 0, result.output
+    if output_format == "table":
+        lines = result.output.strip().splitlines()
+        assert lines[0].startswith("broken.jpg  error: empty file")
+        assert lines[1].startswith("photo.jpg  face 0 [")
+        assert " age " in lines[1]
+    elif output_format == "json":
+        records = json.loads(result.output)
+        assert [r["status"] for r in records] == ["error", "ok"]
+    else:
+        table = pd.read_csv(io.StringIO(result.output))
+        assert table["status"].tolist() == ["error", "ok"]
+
+
+def test_command_line_explains_a_missing_model(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(PHOTO)
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), "--gender-model", "nope.keras"])
+    assert result.exit_code != 0
+    assert "No model at nope.keras" in result.output
+
+
+@pytest.fixture(scope="module")
+def face_model_uri(saved_models, tmp_path_factory) -> str:
+    store = tmp_path_factory.mktemp("mlflow")
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    mlflow.set_experiment("face_pipeline_tests")
+    with mlflow.start_run():
+        return log_face_model(
+            load_keras_model(saved_models["gender"]),
+            load_keras_model(saved_models["age"]),
+            {"image": {"size": SIZE, "color_mode": "grayscale", "resample": "linear", "max_pixels": 40_000_000}},
+            {"detection": {"mode": "auto"}},
+        )
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_served_model_in_process(face_model_uri):
+    model = mlflow.pyfunc.load_model(face_model_uri)
+    result = model.predict(pd.DataFrame({"id": ["full", "crop"], "image": [b64(PHOTO), b64(CROP)]}))
+    assert result["id"].tolist() == ["full", "crop"]
+    assert result["status"].tolist() == ["ok", "ok"]
+    assert result["age"].notna().all()
+    for bad, message in [("%%%", "not valid base64"), (b64(b"hello"), "not an image"), ("", "empty")]:
+        with pytest.raises(mlflow.exceptions.MlflowException, match=message):
+            model.predict(pd.DataFrame({"image": [bad]}))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_end_to_end(face_model_uri):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", face_model_uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        # As in an activated .venv: mlflow starts `uvicorn` from PATH.
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow models serve did not start")
+
+        def post(images):
+            payload = {"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}}
+            return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+        good = post([b64(PHOTO), b64(CROP)])
+        assert good.status_code == 200, good.text
+        rows = good.json()["predictions"]
+        assert [row["status"] for row in rows] == ["ok", "ok"]
+        bad = post(["not base64 at all!"])
+        assert 400 <= bad.status_code < 500
+        assert "not valid base64" in bad.json()["message"]
+        assert post([b64(CROP)]).status_code == 200  # still serving
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
