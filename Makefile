@@ -2,6 +2,7 @@
 # make test  - install if needed, run ruff and the default test suite
 # make bench - ingestion/preprocessing benchmark on the real images (FACE_DATA_DIR)
 # make bench-train - trains both models with both profiles and compares them
+# make bench-predict - prediction throughput and served-model latency
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +23,7 @@ ifeq ($(strip $(FACE_DATA_DIR)),)
   endif
 endif
 
-.PHONY: install run test test-all bench bench-train lint format clean
+.PHONY: install run test test-all bench bench-train bench-predict lint format clean
 
 install: $(STAMP)
 
@@ -57,6 +58,10 @@ bench: $(STAMP)
 # Trains both models with the default and the seed profile (well over an hour on 2 cores).
 bench-train: $(STAMP)
 	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/train.py
+
+# Prediction throughput and served-model latency, with the models of the last `make run`.
+bench-predict: $(STAMP)
+	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

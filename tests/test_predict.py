@@ -26,7 +26,7 @@ from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageSpec, decode_face
 from face_pipeline.models import build_model
 from face_pipeline.predict import PREDICTION_COLUMNS, FacePredictor, load_keras_model
-from face_pipeline.serving import log_face_model
+from face_pipeline.serving import log_face_model, register_models
 
 SIZE = 32
 SPEC = ImageSpec(size=SIZE)
@@ -129,12 +129,28 @@ def face_model_uri(saved_models, tmp_path_factory) -> str:
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     mlflow.set_experiment("face_pipeline_tests")
     with mlflow.start_run():
-        return log_face_model(
-            load_keras_model(saved_models["gender"]),
-            load_keras_model(saved_models["age"]),
+        gender, age = (load_keras_model(saved_models[task]) for task in ("gender", "age"))
+        mlflow.keras.log_model(gender, name="gender_model")  # as kedro-mlflow does in training
+        mlflow.keras.log_model(age, name="age_model")
+        uri = log_face_model(
+            gender,
+            age,
             {"image": {"size": SIZE, "color_mode": "grayscale", "resample": "linear", "max_pixels": 40_000_000}},
             {"detection": {"mode": "auto"}},
         )
+        names = {"gender": "face_gender", "age": "face_age", "face": "face_model"}
+        assert register_models(uri, {"register": False, "names": names}) == {}
+        assert register_models(uri, {"register": True, "names": names}) == {
+            "face_gender": 1,
+            "face_age": 1,
+            "face_model": 1,
+        }
+    return uri
+
+
+def test_registered_models_load_by_name(face_model_uri):
+    assert load_keras_model("models:/face_age/1").input_shape == (None, SIZE, SIZE, 1)
+    assert "face_model" in {m.name for m in mlflow.search_registered_models()}
 
 
 def b64(data: bytes) -> str:

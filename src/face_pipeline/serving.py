@@ -111,3 +111,22 @@ def log_face_model(gender_model, age_model, preprocessing: dict[str, Any], predi
             input_example=None,
         )
     return info.model_uri
+
+
+def register_models(face_model_uri: str, registry: dict[str, Any]) -> dict[str, int]:
+    """Register this run's models in the MLflow Model Registry when ``registry.register`` is on.
+
+    Returns ``{registered name: version}`` (empty when registration is off).
+    """
+    if not registry.get("register"):
+        return {}
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("registry.register needs an active MLflow run (kedro-mlflow opens one per kedro run)")
+    names = registry["names"]
+    sources = {
+        names["gender"]: f"runs:/{run.info.run_id}/gender_model",
+        names["age"]: f"runs:/{run.info.run_id}/age_model",
+        names["face"]: face_model_uri,
+    }
+    return {name: int(mlflow.register_model(source, name).version) for name, source in sources.items()}

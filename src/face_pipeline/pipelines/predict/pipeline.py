@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.serving import log_face_model
+from face_pipeline.serving import log_face_model, register_models
 
 from .nodes import predict_faces
 
@@ -35,6 +35,7 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
                 ["gender.model", "age.model", "params:preprocessing", "params:predict"],
                 "face_model_uri",
                 name="log_face_model",
-            )
+            ),
+            Node(register_models, ["face_model_uri", "params:registry"], "registered_models", name="register_models"),
         ]
     )
