@@ -1,5 +1,6 @@
 # make run   - create .venv if needed, install the project, run every pipeline
-# make test  - install if needed, run ruff and the default test suite
+# make test  - install if needed, run ruff, the docs build and the default test suite
+# make docs  - serve the documentation site on http://127.0.0.1:8000
 # make bench - ingestion/preprocessing benchmark on the real images (FACE_DATA_DIR)
 # make bench-train - trains both models with both profiles and compares them
 # make bench-predict - prediction throughput and served-model latency
@@ -23,7 +24,7 @@ ifeq ($(strip $(FACE_DATA_DIR)),)
   endif
 endif
 
-.PHONY: install run test test-all bench bench-train bench-predict lint format clean
+.PHONY: docs install run test test-all bench bench-train bench-predict lint format clean
 
 install: $(STAMP)
 
@@ -46,6 +47,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest
 
 # Slow checks on the real images as well (see the `slow` marker in pyproject.toml).
@@ -62,6 +64,9 @@ bench-train: $(STAMP)
 # Prediction throughput and served-model latency, with the models of the last `make run`.
 bench-predict: $(STAMP)
 	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

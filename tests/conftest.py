@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -26,15 +27,37 @@ def utkface_folder(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A throw-away copy of the Kedro project configuration to run pipelines in."""
-    root = tmp_path / "project"
-    root.mkdir()
+def copy_project(root: Path) -> Path:
+    """A throw-away copy of the Kedro project's configuration and notebooks (the package is installed)."""
+    root.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
     shutil.copytree(PROJECT_ROOT / "conf" / "base", root / "conf" / "base")
+    shutil.copytree(PROJECT_ROOT / "notebooks", root / "notebooks")
     (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()  # the package itself is installed
+    (root / "src").mkdir()
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+def use_small_networks(project: Path, epochs: int = 2) -> None:
+    """Tiny models for speed, set as a user would: conf/local changes only the keys it names."""
+    for task in ("gender", "age"):
+        small = {"model": {"default_cnn": {"stem_filters": 8, "filters": [8, 16]}}, "training": {"epochs": epochs}}
+        (project / f"conf/local/parameters_train_{task}.yml").write_text(yaml.safe_dump({task: small}))
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A project after a whole `kedro run` on 48 generated faces with tiny networks (shared, ~40 s)."""
+    root = copy_project(tmp_path_factory.mktemp("trained") / "project")
+    faces = root.parent / "faces"
+    write_utkface_folder(faces, 48, size=64)
+    use_small_networks(root, epochs=1)
+    kedro(root, "run", env={"FACE_DATA_DIR": str(faces)})
     return root
 
 

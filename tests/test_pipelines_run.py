@@ -1,12 +1,13 @@
 """The ingestion and preprocessing pipelines run through Kedro on a generated folder."""
 
+import base64
 import json
+import shutil
 
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
-from conftest import kedro
+from conftest import PROJECT_ROOT, kedro, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 
 from face_pipeline.pipeline_registry import register_pipelines
@@ -41,15 +42,6 @@ def test_ingestion_then_preprocessing(project, tmp_path):
         total += len(images)
     assert total == 60
     assert pd.read_csv(project / "data/08_reporting/preprocessing_failures.csv").empty
-
-
-def use_small_networks(project, epochs: int = 2) -> None:
-    """Tiny models for speed, overridden as a user would: conf/local replaces a task's block."""
-    for task in ("gender", "age"):
-        params = yaml.safe_load((project / f"conf/base/parameters_train_{task}.yml").read_text())
-        params[task]["model"].update(stem_filters=8, filters=[8, 16])
-        params[task]["training"]["epochs"] = epochs
-        (project / f"conf/local/parameters_train_{task}.yml").write_text(yaml.safe_dump(params))
 
 
 def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
@@ -89,18 +81,14 @@ def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     assert len(versions) == 1  # one versioned native Keras file per run
 
 
-def test_evaluate_saved_models_on_another_folder(project, tmp_path):
-    write_utkface_folder(tmp_path / "faces", 48, size=64)
+def test_evaluate_saved_models_on_another_folder(trained_project, tmp_path):
     other = tmp_path / "other_faces"
     write_utkface_folder(other, 20, size=100, seed=9)
     (other / "broken.jpg").write_bytes(b"")
-    use_small_networks(project, epochs=1)
-    env = {"FACE_DATA_DIR": str(tmp_path / "faces"), "EVAL_DATA_DIR": str(other)}
-    kedro(project, "run", env=env)
-    training_reports = {p.name: p.stat().st_mtime for p in (project / "data/08_reporting").iterdir()}
+    reports = trained_project / "data/08_reporting"
+    training_reports = {p.name: p.stat().st_mtime for p in reports.iterdir()}
 
-    kedro(project, "run", "--pipelines=evaluate_folder", env=env)
-    reports = project / "data/08_reporting"
+    kedro(trained_project, "run", "--pipelines=evaluate_folder", env={"EVAL_DATA_DIR": str(other)})
     for task, metric in (("gender", "accuracy"), ("age", "mae")):
         report = json.loads((reports / f"external_{task}_metrics.json").read_text())
         assert report["images"] == 20
@@ -112,10 +100,36 @@ def test_evaluate_saved_models_on_another_folder(project, tmp_path):
         assert (reports / f"{task}_metrics.json").stat().st_mtime == training_reports[f"{task}_metrics.json"]
     assert pd.read_csv(reports / "external_rejected_images.csv")["reason"].tolist() == ["empty file"]
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["face_pipeline"], order_by=["start_time DESC"], output_format="list")[0]
     assert run.data.tags["pipeline_names"] == "['evaluate_folder']"
     assert {"external.gender.test_accuracy", "external.age.test_mae"} <= set(run.data.metrics)
+
+
+def test_whole_run_logs_the_served_model(trained_project):
+    uri = (trained_project / "data/06_models/face_model_uri.txt").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(uri)
+    image = base64.b64encode(encode(face_like(1, 120))).decode()
+    assert model.predict(pd.DataFrame({"image": [image]}))["status"].tolist() == ["ok"]
+
+
+def test_predict_pipeline_on_a_folder_and_a_file(trained_project, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "face.png").write_bytes(encode(face_like(3, 150), "PNG"))
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    single = tmp_path / "one.jpg"
+    single.write_bytes(encode(face_like(4, 90)))
+    kedro(trained_project, "run", "--pipelines=predict", f"--params=predict.input_path={photos};{single}")
+    table = pd.read_csv(trained_project / "data/07_model_output/predictions.csv")
+    assert pd.read_parquet(trained_project / "data/07_model_output/predictions.parquet").shape == table.shape
+    by_file = table.set_index(table["file"].str.rsplit("/", n=1).str[-1])
+    assert by_file.loc["face.png", "status"] == "ok"
+    assert by_file.loc["one.jpg", "status"] == "ok"
+    assert by_file.loc["broken.jpg", "status"] == "error"
+    assert 0 <= by_file.loc["face.png", "female_probability"] <= 1
+    assert by_file.loc["face.png", "gender"] in {"male", "female"}
 
 
 def test_kedro_viz_export_lists_every_pipeline_and_node(project):
@@ -132,3 +146,28 @@ def test_kedro_viz_export_lists_every_pipeline_and_node(project):
     # The training namespaces are collapsible groups.
     groups = {n["name"] for n in json.loads((api / "main").read_text())["nodes"] if n["type"] == "modularPipeline"}
     assert {"gender", "age"} <= groups
+
+
+def settings_for(project, env=None, runtime_params=None) -> dict:
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
+        return session.load_context().params
+
+
+def test_environments_and_params_change_single_keys(project):
+    shutil.copytree(PROJECT_ROOT / "conf" / "seed", project / "conf" / "seed")
+    use_small_networks(project, epochs=3)
+    local = settings_for(project, runtime_params={"gender": {"training": {"batch_size": 8}}})
+    assert local["gender"]["training"]["epochs"] == 3  # conf/local
+    assert local["gender"]["training"]["batch_size"] == 8  # --params
+    assert local["gender"]["training"]["learning_rate"] == 0.002  # conf/base, kept
+    assert local["gender"]["model"]["default_cnn"]["filters"] == [8, 16]
+    assert local["gender"]["model"]["default_cnn"]["batch_norm"] is True
+    seed = settings_for(project, env="seed")
+    assert seed["gender"]["model"]["architecture"] == "seed_cnn"
+    assert seed["gender"]["model"]["augment"] is None
+    assert seed["gender"]["model"]["seed_cnn"]["filters"] == [32, 64, 128, 256]
+    assert seed["age"]["training"]["lr_schedule"] == "constant"

@@ -93,13 +93,16 @@ def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
 class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
     """Photos to predict on: a folder (searched recursively), one file, or a list of either.
 
-    ``paths`` is a path or fsspec URL, a comma-separated string of them, or a list. Loads as
+    ``paths`` is a path or fsspec URL, a string of several separated by ``;`` or ``,`` (``;`` on
+    the command line: Kedro's ``--params`` splits at commas), or a list. Loads as
     ``{location: loader}`` like ``PartitionedDataset``; each loader returns the file's bytes.
     Read-only.
     """
 
     def __init__(self, *, paths: str | list[str], metadata: dict[str, Any] | None = None) -> None:
-        self._paths = [p.strip() for p in paths.split(",")] if isinstance(paths, str) else [str(p) for p in paths]
+        if isinstance(paths, str):
+            paths = paths.replace(";", ",").split(",")
+        self._paths = [str(p).strip() for p in paths if str(p).strip()]
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:

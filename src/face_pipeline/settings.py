@@ -20,4 +20,7 @@ CONFIG_LOADER_ARGS = {
     # Kedro allows ${oc.env:...} only in credentials by default; globals.yml and mlflow.yml use
     # it so FACE_DATA_DIR and MLFLOW_TRACKING_URI work without editing configuration.
     "custom_resolvers": {"oc.env": oc.env},
+    # Environments (conf/local, conf/seed) and --params change single keys of conf/base
+    # instead of replacing whole top-level blocks.
+    "merge_strategy": {"parameters": "soft"},
 }

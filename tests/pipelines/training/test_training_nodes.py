@@ -9,11 +9,9 @@ from face_pipeline.pipelines.training.nodes import history_as_metrics, make_data
 SIZE = 32
 MODEL = {
     "architecture": "default_cnn",
-    "stem_filters": 8,
-    "filters": [8, 16],
-    "convs_per_stage": 1,
-    "batch_norm": False,
-    "dense_units": 8,
+    "loss": None,
+    "augment": None,
+    "default_cnn": {"stem_filters": 8, "filters": [8, 16], "convs_per_stage": 1, "batch_norm": False, "dense_units": 8},
 }
 
 
@@ -111,7 +109,7 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path,
     monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", original)
 
     # Another configuration does not pick up that backup (its weights would not fit)...
-    other = {**MODEL, "dense_units": 4}
+    other = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "dense_units": 4}}
     _, history = train_model(*data, {"target": "gender"}, other, {**params, "epochs": 1})
     assert len(history["loss"]) == 1
     # ...but the same one resumes: the crash came before the second epoch's backup, so epochs 2-4 run.

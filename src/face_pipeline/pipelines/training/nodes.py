@@ -125,7 +125,9 @@ def train_model(
     model_options: dict[str, Any],
     training: dict[str, Any],
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build the model named in ``model_options`` and fit it on train, validating on val.
+    """Build the model named in ``model_options["architecture"]`` and fit it on train, validating on val.
+
+    The builder gets the arguments in ``model_options[architecture]`` plus ``loss`` and ``augment``.
 
     Returns the model with the best validation weights and its per-epoch history
     (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
@@ -140,12 +142,17 @@ def train_model(
     train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
     val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
 
-    options = {key: value for key, value in model_options.items() if key != "architecture"}
+    architecture = model_options["architecture"]
+    options = {
+        **(model_options.get(architecture) or {}),
+        "loss": model_options.get("loss"),
+        "augment": model_options.get("augment"),
+    }
     if target == "age":
         options.setdefault("age_mean", float(y_train.mean()))
         options.setdefault("age_std", float(y_train.std()) or 1.0)
     model = build_model(
-        model_options["architecture"],
+        architecture,
         train_images.shape[1:],
         target,
         learning_rate=_learning_rate(training, steps_per_epoch),
