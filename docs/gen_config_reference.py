@@ -34,8 +34,8 @@ Every parameter in `conf/base`, its default and what it does, generated from the
 files by `docs/gen_config_reference.py` (a test fails when this page and the files disagree).
 Override any of them in `conf/local/` (ignored by git), in another environment
 (`kedro run --env=seed` reads `conf/seed/`), or on the command line:
-`kedro run --params=gender.training.epochs=5`. A top-level block in an environment's file
-replaces the whole block of `conf/base`.
+`kedro run --params=gender.training.epochs=5`. Environments and `--params` change only the keys
+they name: parameters are merged key by key.
 
 The data catalog (`conf/base/catalog.yml`) and the MLflow settings (`conf/base/mlflow.yml`) are
 commented in place.
