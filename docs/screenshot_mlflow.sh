@@ -24,5 +24,5 @@ mkdir -p "$(dirname "$out")"
 url="http://127.0.0.1:$port/#/compare-runs?runs=$runs&experiments=[\"$experiment\"]"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
-  --window-size=1400,1700 --virtual-time-budget=15000 --screenshot="$out" "$url" 2>/dev/null
+  --window-size=1400,2400 --virtual-time-budget=15000 --screenshot="$out" "$url" 2>/dev/null
 echo "wrote $out ($url)"
