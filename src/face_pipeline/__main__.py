@@ -1,5 +1,6 @@
-"""face-pipeline file for ensuring the package is executable
-as `face-pipeline` and `python -m face_pipeline`
+"""`python -m face_pipeline` runs the Kedro pipelines, like `kedro run` (same options).
+
+The `face-pipeline` command (predictions) lives in `console.py`.
 """
 
 import sys
