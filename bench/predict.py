@@ -28,7 +28,7 @@ import requests
 from PIL import Image
 
 from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import IMAGE_EXTENSIONS, ImageSpec
+from face_pipeline.images import ImageSpec, is_image_file
 from face_pipeline.predict import FacePredictor, load_keras_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def main() -> None:
     if not folder.is_dir():
         sys.exit("Set FACE_DATA_DIR to a folder of face images, e.g. FACE_DATA_DIR=../shared/data/utkface")
     rng = np.random.default_rng(0)
-    files = sorted(p for p in folder.rglob("*") if p.name.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(p for p in folder.rglob("*") if is_image_file(p.name))
     chosen = [files[i] for i in rng.choice(len(files), min(args.images, len(files)), replace=False)]
     crops = [(p.name, p.read_bytes()) for p in chosen]
     photos = [(name, full_photo(data, rng)) for name, data in crops]

@@ -109,13 +109,13 @@ class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
         return {"paths": self._paths}
 
     def load(self) -> dict[str, Callable[[], bytes]]:
-        from face_pipeline.images import IMAGE_EXTENSIONS  # noqa: PLC0415 - keep this module light
+        from face_pipeline.images import is_image_file  # noqa: PLC0415 - keep this module light
 
         files: dict[str, Callable[[], bytes]] = {}
         for location in self._paths:
             fs, path = fsspec.core.url_to_fs(location)
             if fs.isdir(path):
-                found = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS))
+                found = sorted(p for p in fs.find(path) if is_image_file(p))
             elif fs.exists(path):
                 found = [path]
             else:

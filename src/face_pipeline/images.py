@@ -19,6 +19,12 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
+
+def is_image_file(name: str) -> bool:
+    """Whether a file name has an image extension (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 # Filters for the final (< 2x) shrink; enlarging always uses bilinear.
 RESAMPLING = {
     "area": cv2.INTER_AREA,

@@ -55,6 +55,18 @@ def load_keras_model(source: str | Path):
     return keras.models.load_model(path)
 
 
+def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """One output per image, ``images`` fed to the model ``batch_size`` at a time (works on memmaps)."""
+    if not len(images):
+        return np.empty(0, dtype=np.float32)
+    return np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(np.asarray(images[start : start + batch_size]))).reshape(-1)
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+
+
 @dataclass
 class FacePredictor:
     gender_model: Any
@@ -97,18 +109,10 @@ class FacePredictor:
         )
         if inputs:
             batch = np.stack(inputs)
-            female = self._run(self.gender_model, batch).astype(np.float64)
-            years = self._run(self.age_model, batch).astype(np.float64)
+            female = predict_in_batches(self.gender_model, batch, self.batch_size).astype(np.float64)
+            years = predict_in_batches(self.age_model, batch, self.batch_size).astype(np.float64)
             ok = table["status"] == "ok"
             table.loc[ok, "female_probability"] = np.round(female, 4)
             table.loc[ok, "gender"] = np.where(female >= 0.5, "female", "male")
             table.loc[ok, "age"] = np.round(np.clip(years, 0, None), 1)
         return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})
-
-    def _run(self, model, batch: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [
-                np.asarray(model.predict_on_batch(batch[start : start + self.batch_size])).reshape(-1)
-                for start in range(0, len(batch), self.batch_size)
-            ]
-        )

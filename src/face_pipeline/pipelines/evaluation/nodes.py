@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from face_pipeline.pipelines.ingestion.nodes import GENDERS, RACES, age_bands
+from face_pipeline.predict import predict_in_batches
 
 logger = logging.getLogger(__name__)
 
@@ -25,16 +26,7 @@ def predict(
 
     For gender the prediction is the probability of "female"; for age, years.
     """
-    predictions = (
-        np.concatenate(
-            [
-                model.predict_on_batch(np.asarray(images[start : start + batch_size])).reshape(-1)
-                for start in range(0, len(images), batch_size)
-            ]
-        )
-        if len(images)
-        else np.empty(0, dtype=np.float32)
-    )
+    predictions = predict_in_batches(model, images, batch_size)
     table = labels[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
     table["y_true"] = labels[task["target"]].to_numpy(dtype=float)
     table["y_pred"] = predictions.astype(float)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image
+from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
 from face_pipeline.parallel import map_chunks
 
 logger = logging.getLogger(__name__)
@@ -28,10 +28,6 @@ GENDER_WORDS = {"0": 0, "1": 1, "m": 0, "male": 0, "f": 1, "female": 1}
 INSPECTION_COLUMNS = ["image_id", "sha1", "size_bytes", "width", "height", "mode", "format", "reason", "detail"]
 MANIFEST_COLUMNS = ["image_id", "path", "age", "gender", "race", "split", "width", "height", "mode", "sha1"]
 REJECTED_COLUMNS = ["path", "reason", "detail"]
-
-
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _inspect_chunk(items: Sequence[tuple[str, Callable[[], bytes]]], max_pixels: int) -> list[dict]:
