@@ -3,7 +3,12 @@
     FACE_DATA_DIR=../shared/data/utkface .venv/bin/python bench/train.py [--profiles default seed]
 
 Each profile is one full ``kedro run`` (ingestion, preprocessing, gender and age training,
-test metrics), exactly what ``make run`` does; ``seed`` runs with ``--env=seed``. Runs are
+test metrics), exactly what ``make run`` does; ``seed`` runs with ``--env=seed``. A variant of
+a profile runs one pipeline with changed parameters, e.g. the Huber loss for age:
+
+    ... bench/train.py --profiles default --pipelines train_age --params age.model.loss=huber
+
+Runs are
 logged to bench/out/mlflow.db, and the figures below are read back from MLflow:
 wall time of the whole run, epochs, training images/s (training images x epochs / time spent
 in epochs, validation included) and the test metrics. Printed as Markdown and saved to
@@ -31,10 +36,14 @@ TASK_METRICS = {
 }
 
 
-def run_profile(profile: str, tracking_uri: str, log: Path) -> float:
+def run_profile(profile: str, tracking_uri: str, log: Path, pipelines: str | None, params: str | None) -> float:
     command = [str(Path(sys.executable).with_name("kedro")), "run"]
     if profile != "default":
         command.append(f"--env={profile}")
+    if pipelines:
+        command.append(f"--pipelines={pipelines}")
+    if params:
+        command.append(f"--params={params}")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     started = time.perf_counter()
     with log.open("w") as output:
@@ -49,6 +58,8 @@ def run_profile(profile: str, tracking_uri: str, log: Path) -> float:
 def summarise(run, client: mlflow.MlflowClient, train_images: int) -> dict:
     row = {}
     for task, metrics in TASK_METRICS.items():
+        if f"{task}.{metrics[0]}" not in run.data.metrics:
+            continue  # this run did not train the task
         seconds = [m.value for m in client.get_metric_history(run.info.run_id, f"{task}.epoch_seconds")]
         row[f"{task}_epochs"] = len(seconds)
         row[f"{task}_train_minutes"] = sum(seconds) / 60
@@ -61,6 +72,8 @@ def summarise(run, client: mlflow.MlflowClient, train_images: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", nargs="+", default=["default", "seed"])
+    parser.add_argument("--pipelines", help="run only these pipelines (kedro run --pipelines)")
+    parser.add_argument("--params", help="parameter overrides (kedro run --params), e.g. age.model.loss=huber")
     args = parser.parse_args()
     if not os.environ.get("FACE_DATA_DIR"):
         sys.exit("Set FACE_DATA_DIR to a folder of labelled faces, e.g. FACE_DATA_DIR=../shared/data/utkface")
@@ -69,21 +82,26 @@ def main() -> None:
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
 
+    saved = OUT / "train.json"
     results = {}
     for profile in args.profiles:
-        print(f"kedro run ({profile}) ...", flush=True)
-        wall = run_profile(profile, tracking_uri, OUT / f"train_{profile}.log")
+        label = f"{profile} {args.params}" if args.params else profile
+        print(f"kedro run ({label}) ...", flush=True)
+        log = OUT / f"train_{label.replace(' ', '_').replace('=', '-')}.log"
+        wall = run_profile(profile, tracking_uri, log, args.pipelines, args.params)
         run = mlflow.search_runs(
             experiment_names=["face_pipeline"], order_by=["start_time DESC"], output_format="list"
         )[0]
         train_images = len(pd.read_parquet(PROJECT_ROOT / "data/05_model_input/train_labels.parquet"))
-        results[profile] = {
+        results[label] = {
             "wall_minutes": wall / 60,
             "run_id": run.info.run_id,
             **summarise(run, client, train_images),
         }
-        print(json.dumps(results[profile], indent=2), flush=True)
-    (OUT / "train.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps(results[label], indent=2), flush=True)
+    # Earlier results of other profiles are kept, so separate invocations add up to one table.
+    earlier = json.loads(saved.read_text()) if saved.exists() else {}
+    saved.write_text(json.dumps({**earlier, **results}, indent=2))
 
     columns = list(results)
     rows = [
@@ -102,7 +120,8 @@ def main() -> None:
     ]
     print("\n| | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
     for label, key, fmt in rows:
-        print(f"| {label} | " + " | ".join(fmt.format(results[c][key]) for c in columns) + " |")
+        cells = [fmt.format(results[c][key]) if key in results[c] else "-" for c in columns]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
