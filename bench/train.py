@@ -8,10 +8,9 @@ a profile runs one pipeline with changed parameters, e.g. the Huber loss for age
 
     ... bench/train.py --profiles default --pipelines train_age --params age.model.loss=huber
 
-Runs are
-logged to bench/out/mlflow.db, and the figures below are read back from MLflow:
-wall time of the whole run, epochs, training images/s (training images x epochs / time spent
-in epochs, validation included) and the test metrics. Printed as Markdown and saved to
+Runs are logged to bench/out/mlflow.db, and the figures below are read back from MLflow: wall
+time of the whole run, epochs, training images/s (training images x epochs / time spent in
+epochs, validation included) and the test metrics. Printed as Markdown and saved to
 bench/out/train.json.
 """
 
@@ -119,9 +118,9 @@ def main() -> None:
         ("age: largest MAE gap between races (years)", "age_test_gap_race", "{:.2f}"),
     ]
     print("\n| | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
-    for label, key, fmt in rows:
+    for title, key, fmt in rows:
         cells = [fmt.format(results[c][key]) if key in results[c] else "-" for c in columns]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        print(f"| {title} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import shutil
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from conftest import PROJECT_ROOT, kedro, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 
@@ -163,7 +164,8 @@ def test_environments_and_params_change_single_keys(project):
     local = settings_for(project, runtime_params={"gender": {"training": {"batch_size": 8}}})
     assert local["gender"]["training"]["epochs"] == 3  # conf/local
     assert local["gender"]["training"]["batch_size"] == 8  # --params
-    assert local["gender"]["training"]["learning_rate"] == 0.002  # conf/base, kept
+    base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_train_gender.yml").read_text())
+    assert local["gender"]["training"]["learning_rate"] == base["gender"]["training"]["learning_rate"]  # kept
     assert local["gender"]["model"]["default_cnn"]["filters"] == [8, 16]
     assert local["gender"]["model"]["default_cnn"]["batch_norm"] is True
     seed = settings_for(project, env="seed")
