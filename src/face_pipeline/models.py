@@ -10,16 +10,62 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
 # What distinguishes the two tasks: the output layer, the loss and the metrics.
 TASKS = ("gender", "age")
-LOSSES = {"binary_crossentropy", "mae", "huber"}
+LOSSES = {"binary_crossentropy", "mae", "huber", "distribution"}
+# Ages the "distribution" loss spreads its probabilities over: one bin per year.
+AGE_BINS = np.arange(0, 121, dtype="float32")
 
 
-def _task_head(features, task: str, age_mean: float, age_std: float):
+@keras.saving.register_keras_serializable(package="face_pipeline")
+class AgeDistributionLoss(keras.losses.Loss):
+    """Kullback-Leibler divergence from a Gaussian around the true age to the predicted bins.
+
+    Label distribution learning (DLDL-v2, Gao et al. 2018): the target is not one age but a
+    narrow distribution over neighbouring ages, which suits labels that are themselves
+    uncertain by a few years. ``y_true`` holds ages in years, ``y_pred`` probabilities per bin.
+    """
+
+    def __init__(self, sigma: float = 2.0, name: str = "age_distribution", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.sigma = float(sigma)
+
+    def call(self, y_true, y_pred):
+        bins = ops.convert_to_tensor(AGE_BINS)
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, 1))
+        target = ops.softmax(-0.5 * ops.square((bins - y_true) / self.sigma), axis=-1)
+        eps = keras.config.epsilon()
+        return ops.sum(target * (ops.log(target + eps) - ops.log(y_pred + eps)), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "sigma": self.sigma}
+
+
+def _task_head(features, task: str, age_mean: float, age_std: float, distribution: bool = False):
     if task == "gender":
         return layers.Dense(1, activation="sigmoid", name="gender")(features)
+    if task == "age" and distribution:
+        # Probabilities per year of age, starting from a Gaussian prior around the training
+        # mean; the prediction in years is their expectation (a fixed dense layer).
+        prior = -0.5 * ((AGE_BINS - age_mean) / age_std) ** 2
+        probabilities = layers.Dense(
+            len(AGE_BINS),
+            activation="softmax",
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(prior - prior.max()),
+            name="age_distribution",
+        )(features)
+        age = layers.Dense(
+            1,
+            use_bias=False,
+            trainable=False,
+            kernel_initializer=keras.initializers.Constant(AGE_BINS.reshape(-1, 1)),
+            name="age",
+        )(probabilities)
+        return {"age": age, "age_distribution": probabilities}
     if task == "age":
         # The dense layer predicts a standardised age; a fixed affine layer turns it into years.
         # Without it the weights must first grow ~20x to span real ages, which stalls training.
@@ -28,18 +74,44 @@ def _task_head(features, task: str, age_mean: float, age_std: float):
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-def _compile(model: keras.Model, task: str, learning_rate: float | Any, loss: str | None) -> keras.Model:
+def _metrics(task: str) -> list[keras.metrics.Metric]:
     if task == "gender":
-        loss = loss or "binary_crossentropy"
-        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    else:
-        loss = loss or "mae"
-        metrics = [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
+        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
+
+
+def _compile(model: keras.Model, task: str, learning_rate: float | Any, loss: str | None) -> keras.Model:
+    loss = loss or ("binary_crossentropy" if task == "gender" else "mae")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if loss == "distribution":
+        if task != "age":
+            raise ValueError("loss 'distribution' is for the age task only")
+        # DLDL-v2: the divergence shapes the distribution, MAE on its expectation sharpens it.
+        model.compile(
+            optimizer=optimizer,
+            loss={"age": "mae", "age_distribution": AgeDistributionLoss()},
+            metrics={"age": _metrics(task)},
+        )
+        return model
     loss_fn = keras.losses.Huber(delta=5.0) if loss == "huber" else loss
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss_fn, metrics=_metrics(task))
     return model
+
+
+def inference_model(model: keras.Model, task: str) -> keras.Model:
+    """The single-output model to save and serve: training-only outputs (age bins) dropped.
+
+    Compiled with the task's plain loss and metrics, so it loads without this package.
+    """
+    if len(model.outputs) == 1:
+        return model
+    single = keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
+    single.compile(
+        optimizer=model.optimizer, loss="mae" if task == "age" else "binary_crossentropy", metrics=_metrics(task)
+    )
+    return single
 
 
 def augmentation(
@@ -96,7 +168,7 @@ def seed_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _task_head(x, task, age_mean, age_std), name=f"seed_cnn_{task}")
+    model = keras.Model(inputs, _task_head(x, task, age_mean, age_std, loss == "distribution"), name=f"seed_cnn_{task}")
     return _compile(model, task, learning_rate, loss)
 
 
@@ -153,7 +225,9 @@ def default_cnn(
     x = layers.Dropout(dropout, name="features_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _task_head(x, task, age_mean, age_std), name=f"default_cnn_{task}")
+    model = keras.Model(
+        inputs, _task_head(x, task, age_mean, age_std, loss == "distribution"), name=f"default_cnn_{task}"
+    )
     return _compile(model, task, learning_rate, loss)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from face_pipeline.models import build_model
+from face_pipeline.models import build_model, inference_model
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,11 @@ def train_model(
         learning_rate=_learning_rate(training, steps_per_epoch),
         **options,
     )
+    if isinstance(model.output, dict):
+        # Extra training-only outputs (the age bins of the "distribution" loss) take the same labels.
+        train_data, val_data = (
+            data.map(lambda x, y: (x, dict.fromkeys(model.output, y))) for data in (train_data, val_data)
+        )
     callbacks: list[keras.callbacks.Callback] = [EpochLog()]
     if training.get("backup_dir"):
         backup = backup_path(training["backup_dir"], model_options, training, train_images.shape)
@@ -188,7 +193,19 @@ def train_model(
         shuffle=False,  # train_data reshuffles itself every epoch
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
-    return model, {name: [float(v) for v in values] for name, values in history.history.items()}
+    return inference_model(model, target), _unprefixed(history.history, target)
+
+
+def _unprefixed(history: dict[str, list], target: str) -> dict[str, list[float]]:
+    """History of a multi-output model named like a single-output one (``val_age_mae`` -> ``val_mae``)."""
+    renamed = {}
+    for name, values in history.items():
+        split = name.startswith("val_")
+        base = name[4:] if split else name
+        if base.startswith(f"{target}_") and base != f"{target}_loss" and not base.endswith("_loss"):
+            base = base[len(target) + 1 :]
+        renamed[("val_" if split else "") + base] = [float(v) for v in values]
+    return renamed
 
 
 def history_as_metrics(history: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:
