@@ -2,7 +2,16 @@ import keras
 import numpy as np
 import pytest
 
-from face_pipeline.models import ARCHITECTURES, augmentation, build_model, default_cnn, seed_cnn
+from face_pipeline.models import (
+    AGE_BINS,
+    ARCHITECTURES,
+    AgeDistributionLoss,
+    augmentation,
+    build_model,
+    default_cnn,
+    inference_model,
+    seed_cnn,
+)
 
 
 def seed_parameter_count(size: int = 128, filters=(32, 64, 128, 256), dense: int = 256) -> int:
@@ -67,3 +76,50 @@ def test_unknown_options_are_refused():
         build_model("default_cnn", (32, 32, 1), "height")
     with pytest.raises(ValueError, match="loss"):
         build_model("default_cnn", (32, 32, 1), "age", loss="hinge")
+
+
+def test_age_distribution_loss_is_zero_only_at_the_target_distribution():
+    loss = AgeDistributionLoss(sigma=2.0)
+    ages = np.array([[30.0], [70.0]], dtype=np.float32)
+    target = keras.ops.softmax(-0.5 * ((AGE_BINS - ages) / 2.0) ** 2, axis=-1)
+    assert float(loss(ages, target)) == pytest.approx(0.0, abs=1e-4)
+    shifted = keras.ops.softmax(-0.5 * ((AGE_BINS - ages - 5) / 2.0) ** 2, axis=-1)
+    assert float(loss(ages, shifted)) > 1.0
+    assert AgeDistributionLoss.from_config(loss.get_config()).sigma == 2.0
+
+
+def test_distribution_head_trains_on_bins_and_serves_one_age(tmp_path):
+    model = default_cnn((32, 32, 1), "age", filters=[8, 8], loss="distribution", age_mean=40.0, age_std=10.0)
+    assert set(model.output) == {"age", "age_distribution"}
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 1)).astype(np.uint8)
+    outputs = model.predict(images, verbose=0)
+    np.testing.assert_allclose(outputs["age_distribution"].sum(axis=1), 1.0, rtol=1e-5)
+    assert np.abs(outputs["age"] - 40.0).max() < 1.0  # starts at the prior's mean
+    served = inference_model(model, "age")
+    assert len(served.outputs) == 1
+    np.testing.assert_allclose(served.predict(images, verbose=0), outputs["age"], rtol=1e-5)
+    served.save(tmp_path / "age.keras")
+    reloaded = keras.saving.load_model(tmp_path / "age.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), outputs["age"], rtol=1e-5)
+    with pytest.raises(ValueError, match="age task only"):
+        default_cnn((32, 32, 1), "gender", filters=[8, 8], loss="distribution")
+
+
+@pytest.mark.parametrize(("task", "loss"), [("gender", None), ("age", "distribution")])
+def test_mirror_average_is_the_mean_over_the_face_and_its_mirror(tmp_path, task, loss):
+    model = default_cnn((24, 24, 1), task, filters=[8, 8], loss=loss, age_mean=40.0, age_std=10.0)
+    rng = np.random.default_rng(4)
+    for variable in model.trainable_variables:  # as if trained: the age bins start out constant
+        variable.assign(variable + rng.normal(0, 0.1, variable.shape).astype("float32"))
+    plain = inference_model(model, task)
+    averaged = inference_model(model, task, mirror_average=True)
+    images = np.random.default_rng(3).integers(0, 256, (6, 24, 24, 1)).astype(np.uint8)
+    expected = (plain.predict(images, verbose=0) + plain.predict(images[:, :, ::-1], verbose=0)) / 2
+    assert not np.allclose(plain.predict(images, verbose=0), expected)
+    np.testing.assert_allclose(averaged.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    # The same for a mirrored face: the prediction no longer depends on which way it looks.
+    np.testing.assert_allclose(averaged.predict(images[:, :, ::-1], verbose=0), expected, rtol=1e-5, atol=1e-5)
+    averaged.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    assert reloaded.input_shape == model.input_shape

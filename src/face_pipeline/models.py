@@ -74,6 +74,17 @@ def _task_head(features, task: str, age_mean: float, age_std: float, distributio
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
+def _mirror(images):
+    """Images flipped left-right, with built-in layers only (so saved models need no custom code)."""
+    width = images.shape[2]
+    reverse = np.eye(width, dtype="float32")[::-1]
+    columns_last = layers.Permute((1, 3, 2), name="columns_last")(images)
+    flipped = layers.Dense(
+        width, use_bias=False, trainable=False, kernel_initializer=keras.initializers.Constant(reverse), name="mirror"
+    )(columns_last)
+    return layers.Permute((1, 3, 2), name="mirrored")(flipped)
+
+
 def _metrics(task: str) -> list[keras.metrics.Metric]:
     if task == "gender":
         return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
@@ -100,14 +111,24 @@ def _compile(model: keras.Model, task: str, learning_rate: float | Any, loss: st
     return model
 
 
-def inference_model(model: keras.Model, task: str) -> keras.Model:
-    """The single-output model to save and serve: training-only outputs (age bins) dropped.
+def inference_model(model: keras.Model, task: str, mirror_average: bool = False) -> keras.Model:
+    """The single-output model to save and serve.
 
+    Training-only outputs (the age bins of the "distribution" loss) are dropped. With
+    ``mirror_average`` the model predicts each face and its mirror image and returns the mean
+    of the two, which evens out left/right quirks of one photo for twice the compute.
     Compiled with the task's plain loss and metrics, so it loads without this package.
     """
-    if len(model.outputs) == 1:
+    if len(model.outputs) == 1 and not mirror_average:
         return model
-    single = keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
+    trained = (
+        model if len(model.outputs) == 1 else keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
+    )
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = trained(inputs)
+    if mirror_average:
+        outputs = layers.Average(name=task)([outputs, trained(_mirror(inputs))])
+    single = keras.Model(inputs, outputs, name=model.name)
     single.compile(
         optimizer=model.optimizer, loss="mae" if task == "age" else "binary_crossentropy", metrics=_metrics(task)
     )

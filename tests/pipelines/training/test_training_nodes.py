@@ -58,6 +58,18 @@ def test_one_epoch_per_task(data, task):
     assert all(len(values) == 1 for values in history.values())
 
 
+def test_distribution_loss_trains_and_returns_a_single_output_age_model(data):
+    model_options = {**MODEL, "loss": "distribution"}
+    model, history = train_model(*data, {"target": "age"}, model_options, training_params(epochs=2))
+    assert len(model.outputs) == 1
+    assert {"mae", "val_mae", "age_distribution_loss", "val_age_distribution_loss"} <= set(history)
+    predictions = model.predict(data[2], verbose=0)
+    assert predictions.shape == (len(data[2]), 1)
+    assert np.abs(predictions.ravel() - data[3]["age"].to_numpy()).mean() == pytest.approx(
+        history["val_mae"][-1], rel=1e-3
+    )
+
+
 def test_training_learns_the_signal(data):
     _, history = train_model(
         *data, {"target": "gender"}, MODEL, training_params(epochs=4, learning_rate=0.005, lr_schedule="constant")

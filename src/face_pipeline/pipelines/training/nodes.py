@@ -193,7 +193,8 @@ def train_model(
         shuffle=False,  # train_data reshuffles itself every epoch
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
-    return inference_model(model, target), _unprefixed(history.history, target)
+    served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
+    return served, _unprefixed(history.history, target)
 
 
 def _unprefixed(history: dict[str, list], target: str) -> dict[str, list[float]]:
