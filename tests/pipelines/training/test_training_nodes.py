@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from face_pipeline.models import build_model
 from face_pipeline.pipelines.training import nodes
 from face_pipeline.pipelines.training.nodes import history_as_metrics, make_dataset, plot_training_curves, train_model
 
@@ -136,3 +137,17 @@ def test_deterministic_option_gives_identical_models(data):
     second, _ = train_model(*data, {"target": "age"}, MODEL, params)
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_recalibration_normalises_plain_training_images(data):
+    images = data[0]
+    model = build_model("default_cnn", images.shape[1:], "gender", filters=[8, 8], augment={"brightness": 0.5})
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for norm in norms:  # statistics far from anything the images give
+        norm.moving_mean.assign(norm.moving_mean + 50.0)
+    assert nodes.recalibrate_batch_norm(model, images, count=len(images), seed=0, batch_size=16) == len(images)
+    for norm in norms:
+        outputs = keras.ops.convert_to_numpy(keras.Model(model.inputs, norm.output)(images, training=False))
+        np.testing.assert_allclose(outputs.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
+        assert np.all(outputs.std(axis=(0, 1, 2)) > 0.5) and np.all(outputs.std(axis=(0, 1, 2)) < 1.01)
+    assert nodes.recalibrate_batch_norm(model, images, count=0, seed=0) == 0
