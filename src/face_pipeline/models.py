@@ -121,9 +121,9 @@ def inference_model(model: keras.Model, task: str, mirror_average: bool = False)
     """
     if len(model.outputs) == 1 and not mirror_average:
         return model
-    trained = (
-        model if len(model.outputs) == 1 else keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
-    )
+    # An uncompiled view of the trained layers: a compiled model nested inside would be saved with
+    # an optimizer of its own.
+    trained = keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     outputs = trained(inputs)
     if mirror_average:

@@ -195,12 +195,11 @@ def train_model(
     )
     recalibration = int(training.get("batch_norm_recalibration") or 0)
     if recalibration and any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
-        before = model.evaluate(val_data, verbose=0, return_dict=True)["loss"]
+        before = model.evaluate(val_data, verbose=0, return_dict=True)
         used = recalibrate_batch_norm(model, train_images, recalibration, training["seed"])
-        after = model.evaluate(val_data, verbose=0, return_dict=True)["loss"]
-        logger.info(
-            "Batch-norm statistics re-estimated on %d training images: val_loss %.4f -> %.4f", used, before, after
-        )
+        after = model.evaluate(val_data, verbose=0, return_dict=True)
+        changes = ", ".join(f"val_{name} {before[name]:.4f} -> {after[name]:.4f}" for name in after)
+        logger.info("Batch-norm statistics re-estimated on %d training images: %s", used, changes)
     served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
     return served, _unprefixed(history.history, target)
 
@@ -211,7 +210,7 @@ def _unprefixed(history: dict[str, list], target: str) -> dict[str, list[float]]
     for name, values in history.items():
         split = name.startswith("val_")
         base = name[4:] if split else name
-        if base.startswith(f"{target}_") and base != f"{target}_loss" and not base.endswith("_loss"):
+        if base.startswith(f"{target}_") and not base.endswith("_loss"):  # losses keep their output name
             base = base[len(target) + 1 :]
         renamed[("val_" if split else "") + base] = [float(v) for v in values]
     return renamed
