@@ -59,9 +59,13 @@ def test_one_epoch_per_task(data, task):
     assert all(len(values) == 1 for values in history.values())
 
 
-def test_distribution_loss_trains_and_returns_a_single_output_age_model(data):
+def test_distribution_loss_trains_and_returns_a_single_output_age_model(data, caplog):
     model_options = {**MODEL, "loss": "distribution"}
-    model, history = train_model(*data, {"target": "age"}, model_options, training_params(epochs=2))
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        model, history = train_model(*data, {"target": "age"}, model_options, training_params(epochs=2))
+    epoch_lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert all(" val_mae=" in line and "val_age_mae" not in line for line in epoch_lines)
     assert len(model.outputs) == 1
     assert {"mae", "val_mae", "age_distribution_loss", "val_age_distribution_loss"} <= set(history)
     predictions = model.predict(data[2], verbose=0)

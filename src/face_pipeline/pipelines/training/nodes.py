@@ -104,7 +104,14 @@ def backup_path(root: str, model_options: dict, training: dict, data_shape: tupl
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch with every metric (for logs and CI); adds ``epoch_seconds`` to the logs."""
+    """One log line per epoch with every metric (for logs and CI); adds ``epoch_seconds`` to the logs.
+
+    Metrics are named as in the returned history and MLflow (``val_mae``, not ``val_age_mae``).
+    """
+
+    def __init__(self, target: str = ""):
+        super().__init__()
+        self.target = target
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
@@ -112,7 +119,8 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["epoch_seconds"] = time.perf_counter() - self._started
-        metrics = " ".join(f"{name}={value:.4f}" for name, value in logs.items() if name != "epoch_seconds")
+        named = _unprefixed({name: [value] for name, value in logs.items() if name != "epoch_seconds"}, self.target)
+        metrics = " ".join(f"{name}={values[0]:.4f}" for name, values in named.items())
         logger.info("epoch %d: %s (%.0f s)", epoch + 1, metrics, logs["epoch_seconds"])
 
 
@@ -163,7 +171,7 @@ def train_model(
         train_data, val_data = (
             data.map(lambda x, y: (x, dict.fromkeys(model.output, y))) for data in (train_data, val_data)
         )
-    callbacks: list[keras.callbacks.Callback] = [EpochLog()]
+    callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
     if training.get("backup_dir"):
         backup = backup_path(training["backup_dir"], model_options, training, train_images.shape)
         if backup.exists():
