@@ -173,3 +173,7 @@ def test_environments_and_params_change_single_keys(project):
     assert seed["gender"]["model"]["augment"] is None
     assert seed["gender"]["model"]["seed_cnn"]["filters"] == [32, 64, 128, 256]
     assert seed["age"]["training"]["lr_schedule"] == "constant"
+    # The seed recipe: plain losses, single-pass models, whatever the default profile uses.
+    assert seed["age"]["model"]["loss"] == "mae"
+    assert seed["gender"]["model"]["loss"] == "binary_crossentropy"
+    assert not seed["age"]["model"]["mirror_average"] and not seed["gender"]["model"]["mirror_average"]
