@@ -16,6 +16,7 @@ from keras import layers, ops
 # What distinguishes the two tasks: the output layer, the loss and the metrics.
 TASKS = ("gender", "age")
 LOSSES = {"binary_crossentropy", "mae", "huber", "distribution"}
+DEFAULT_LOSSES = {"gender": "binary_crossentropy", "age": "mae"}
 # Ages the "distribution" loss spreads its probabilities over: one bin per year.
 AGE_BINS = np.arange(0, 121, dtype="float32")
 
@@ -92,7 +93,7 @@ def _metrics(task: str) -> list[keras.metrics.Metric]:
 
 
 def _compile(model: keras.Model, task: str, learning_rate: float | Any, loss: str | None) -> keras.Model:
-    loss = loss or ("binary_crossentropy" if task == "gender" else "mae")
+    loss = loss or DEFAULT_LOSSES[task]
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
     optimizer = keras.optimizers.Adam(learning_rate)
@@ -129,9 +130,7 @@ def inference_model(model: keras.Model, task: str, mirror_average: bool = False)
     if mirror_average:
         outputs = layers.Average(name=task)([outputs, trained(_mirror(inputs))])
     single = keras.Model(inputs, outputs, name=model.name)
-    single.compile(
-        optimizer=model.optimizer, loss="mae" if task == "age" else "binary_crossentropy", metrics=_metrics(task)
-    )
+    single.compile(optimizer=model.optimizer, loss=DEFAULT_LOSSES[task], metrics=_metrics(task))
     return single
 
 

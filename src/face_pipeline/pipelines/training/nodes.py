@@ -109,7 +109,7 @@ class EpochLog(keras.callbacks.Callback):
     Metrics are named as in the returned history and MLflow (``val_mae``, not ``val_age_mae``).
     """
 
-    def __init__(self, target: str = ""):
+    def __init__(self, target: str):
         super().__init__()
         self.target = target
 
@@ -119,8 +119,9 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["epoch_seconds"] = time.perf_counter() - self._started
-        named = _unprefixed({name: [value] for name, value in logs.items() if name != "epoch_seconds"}, self.target)
-        metrics = " ".join(f"{name}={values[0]:.4f}" for name, values in named.items())
+        metrics = " ".join(
+            f"{_metric_name(name, self.target)}={value:.4f}" for name, value in logs.items() if name != "epoch_seconds"
+        )
         logger.info("epoch %d: %s (%.0f s)", epoch + 1, metrics, logs["epoch_seconds"])
 
 
@@ -202,26 +203,32 @@ def train_model(
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
     recalibration = int(training.get("batch_norm_recalibration") or 0)
-    if recalibration and any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers):
+    if recalibration and _batch_norms(model):
         before = model.evaluate(val_data, verbose=0, return_dict=True)
         used = recalibrate_batch_norm(model, train_images, recalibration, training["seed"])
         after = model.evaluate(val_data, verbose=0, return_dict=True)
         changes = ", ".join(f"val_{name} {before[name]:.4f} -> {after[name]:.4f}" for name in after)
         logger.info("Batch-norm statistics re-estimated on %d training images: %s", used, changes)
     served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
-    return served, _unprefixed(history.history, target)
+    history_by_name = {
+        _metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()
+    }
+    return served, history_by_name
 
 
-def _unprefixed(history: dict[str, list], target: str) -> dict[str, list[float]]:
-    """History of a multi-output model named like a single-output one (``val_age_mae`` -> ``val_mae``)."""
-    renamed = {}
-    for name, values in history.items():
-        split = name.startswith("val_")
-        base = name[4:] if split else name
-        if base.startswith(f"{target}_") and not base.endswith("_loss"):  # losses keep their output name
-            base = base[len(target) + 1 :]
-        renamed[("val_" if split else "") + base] = [float(v) for v in values]
-    return renamed
+def _metric_name(name: str, target: str) -> str:
+    """A multi-output model's metric named like a single-output one's (``val_age_mae`` -> ``val_mae``).
+
+    Losses keep their output's name (``age_distribution_loss``).
+    """
+    prefix, base = ("val_", name[4:]) if name.startswith("val_") else ("", name)
+    if base.startswith(f"{target}_") and not base.endswith("_loss"):
+        base = base[len(target) + 1 :]
+    return prefix + base
+
+
+def _batch_norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, count: int, seed: int, batch_size: int = 256) -> int:
@@ -231,17 +238,18 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, count: int, s
     steps; at inference the network sees plain faces. Layers are done in order, each on the
     activations of the layers before it with their new statistics. Returns the images used.
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = _batch_norms(model)
     if not norms or not count:
         return 0
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(images), min(int(count), len(images)), replace=False))
+    # Read once (sorted indices suit memory-mapped arrays), used by every layer.
+    sample = np.asarray(images[np.sort(rng.choice(len(images), min(int(count), len(images)), replace=False))])
     for norm in norms:
         inputs_of_norm = keras.Model(model.inputs, norm.input)
         total = total_squares = 0.0
         values = 0
         for start in range(0, len(sample), batch_size):
-            batch = np.asarray(images[sample[start : start + batch_size]])
+            batch = sample[start : start + batch_size]
             activations = keras.ops.convert_to_numpy(inputs_of_norm(batch, training=False)).astype(np.float64)
             axes = tuple(range(activations.ndim - 1))
             total = total + activations.sum(axis=axes)
