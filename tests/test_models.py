@@ -12,6 +12,7 @@ from face_pipeline.models import (
     build_model,
     default_cnn,
     inference_model,
+    resolve_precision,
     seed_cnn,
 )
 
@@ -78,6 +79,32 @@ def test_unknown_options_are_refused():
         build_model("default_cnn", (32, 32, 1), "height")
     with pytest.raises(ValueError, match="loss"):
         build_model("default_cnn", (32, 32, 1), "age", loss="hinge")
+    with pytest.raises(ValueError, match="precision"):
+        build_model("default_cnn", (32, 32, 1), "age", precision="int8")
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize(("task", "loss"), [("gender", None), ("age", "distribution")])
+def test_mixed_precision_keeps_inputs_weights_and_outputs_in_float32(architecture, task, loss):
+    before = keras.config.dtype_policy().name
+    model = build_model(
+        architecture, (32, 32, 1), task, precision="mixed_bfloat16", filters=[8, 8], loss=loss, augment={"zoom": 0.1}
+    )
+    assert keras.config.dtype_policy().name == before  # no global state left behind
+    hidden = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense)]
+    assert {layer.compute_dtype for layer in hidden if layer.name not in {task, "age_distribution"}} == {"bfloat16"}
+    assert {variable.dtype for variable in model.weights} == {"float32"}
+    for name in ("rescale", "augmentation"):
+        assert model.get_layer(name).compute_dtype == "float32"
+    outputs = model(np.zeros((2, 32, 32, 1), "uint8"))
+    for output in outputs.values() if isinstance(outputs, dict) else [outputs]:
+        assert output.dtype == "float32"
+
+
+def test_precision_auto_names_a_policy_this_machine_runs():
+    assert resolve_precision("auto") in {"float32", "mixed_bfloat16"}
+    assert resolve_precision(None) == "float32"
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
 
 
 def test_age_distribution_loss_is_zero_only_at_the_target_distribution():

@@ -7,16 +7,23 @@ augmentation layers sit inside the model too: they act during ``fit`` only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
 # What distinguishes the two tasks: the output layer, the loss and the metrics.
 TASKS = ("gender", "age")
 LOSSES = {"binary_crossentropy", "mae", "huber", "distribution"}
 DEFAULT_LOSSES = {"gender": "binary_crossentropy", "age": "mae"}
+# Numeric precision of the layers between the input scaling and the output head while training.
+# Saved models always compute in float32.
+PRECISIONS = {"float32", "mixed_bfloat16", "mixed_float16", "auto"}
 # Ages the "distribution" loss spreads its probabilities over: one bin per year.
 AGE_BINS = np.arange(0, 121, dtype="float32")
 
@@ -45,9 +52,20 @@ class AgeDistributionLoss(keras.losses.Loss):
         return {**super().get_config(), "sigma": self.sigma}
 
 
+@contextlib.contextmanager
+def _dtype_policy(policy: str) -> Iterator[None]:
+    """Layers created inside take ``policy`` unless they name a dtype themselves."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _task_head(features, task: str, age_mean: float, age_std: float, distribution: bool = False):
     if task == "gender":
-        return layers.Dense(1, activation="sigmoid", name="gender")(features)
+        return layers.Dense(1, activation="sigmoid", dtype="float32", name="gender")(features)
     if task == "age" and distribution:
         # Probabilities per year of age, starting from a Gaussian prior around the training
         # mean; the prediction in years is their expectation (a fixed dense layer).
@@ -57,6 +75,7 @@ def _task_head(features, task: str, age_mean: float, age_std: float, distributio
             activation="softmax",
             kernel_initializer="zeros",
             bias_initializer=keras.initializers.Constant(prior - prior.max()),
+            dtype="float32",
             name="age_distribution",
         )(features)
         age = layers.Dense(
@@ -64,14 +83,15 @@ def _task_head(features, task: str, age_mean: float, age_std: float, distributio
             use_bias=False,
             trainable=False,
             kernel_initializer=keras.initializers.Constant(AGE_BINS.reshape(-1, 1)),
+            dtype="float32",
             name="age",
         )(probabilities)
         return {"age": age, "age_distribution": probabilities}
     if task == "age":
         # The dense layer predicts a standardised age; a fixed affine layer turns it into years.
         # Without it the weights must first grow ~20x to span real ages, which stalls training.
-        standardised = layers.Dense(1, name="age_standardised")(features)
-        return layers.Rescaling(scale=age_std, offset=age_mean, name="age")(standardised)
+        standardised = layers.Dense(1, dtype="float32", name="age_standardised")(features)
+        return layers.Rescaling(scale=age_std, offset=age_mean, dtype="float32", name="age")(standardised)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -148,20 +168,22 @@ def augmentation(
     ``rotation`` is a fraction of a full turn, ``zoom``/``translation`` fractions of the
     image size, ``brightness``/``contrast`` fractions of the value range.
     """
-    steps: list[layers.Layer] = []
-    if flip:
-        steps.append(layers.RandomFlip("horizontal", seed=seed))
-    if rotation:
-        steps.append(layers.RandomRotation(rotation, fill_mode="reflect", seed=seed))
-    if zoom:
-        steps.append(layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed))
-    if translation:
-        steps.append(layers.RandomTranslation(translation, translation, fill_mode="reflect", seed=seed))
-    if brightness:
-        steps.append(layers.RandomBrightness(brightness, value_range=(0.0, 1.0), seed=seed))
-    if contrast:
-        steps.append(layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed))
-    return keras.Sequential(steps, name="augmentation")
+    # Image transforms stay float32 whatever precision the rest of the model computes in.
+    with _dtype_policy("float32"):
+        steps: list[layers.Layer] = []
+        if flip:
+            steps.append(layers.RandomFlip("horizontal", seed=seed))
+        if rotation:
+            steps.append(layers.RandomRotation(rotation, fill_mode="reflect", seed=seed))
+        if zoom:
+            steps.append(layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed))
+        if translation:
+            steps.append(layers.RandomTranslation(translation, translation, fill_mode="reflect", seed=seed))
+        if brightness:
+            steps.append(layers.RandomBrightness(brightness, value_range=(0.0, 1.0), seed=seed))
+        if contrast:
+            steps.append(layers.RandomContrast(contrast, value_range=(0.0, 1.0), seed=seed))
+        return keras.Sequential(steps, name="augmentation")
 
 
 def seed_cnn(
@@ -179,7 +201,7 @@ def seed_cnn(
 ) -> keras.Model:
     """The seed recipe: Conv 3x3 + ReLU + 2x2 max-pool per block, Flatten, Dense, Dropout, one output."""
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Rescaling(1.0 / 255, dtype="float32", name="rescale")(inputs)
     if augment:
         x = augmentation(**augment)(x)
     for index, width in enumerate(filters):
@@ -216,7 +238,7 @@ def default_cnn(
     Global average pooling keeps the head small and tolerant of where the face sits.
     """
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Rescaling(1.0 / 255, dtype="float32", name="rescale")(inputs)
     if augment:
         x = augmentation(**augment)(x)
 
@@ -254,11 +276,46 @@ def default_cnn(
 ARCHITECTURES = {"seed_cnn": seed_cnn, "default_cnn": default_cnn}
 
 
-def build_model(architecture: str, input_shape: tuple[int, int, int], task: str, **options: Any) -> keras.Model:
-    """The builder named by ``architecture`` (a key of ``ARCHITECTURES``), called with ``options``."""
+def _cpu_has_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str | None) -> str:
+    """The Keras dtype policy that ``precision`` names; ``auto`` picks what this machine runs fastest.
+
+    ``auto``: ``mixed_bfloat16`` on a GPU of compute capability 8.0 or newer and on CPUs with
+    native bfloat16 instructions (AVX512-BF16 or AMX), where it is ~1.3x faster than float32;
+    ``float32`` elsewhere, because emulated bfloat16 is slower than float32.
+    """
+    precision = precision or "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "float32"
+    return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
+
+
+def build_model(
+    architecture: str, input_shape: tuple[int, int, int], task: str, *, precision: str = "float32", **options: Any
+) -> keras.Model:
+    """The builder named by ``architecture`` (a key of ``ARCHITECTURES``), called with ``options``.
+
+    With a mixed ``precision`` the hidden layers compute in 16 bits (variables stay float32);
+    input scaling, augmentation and the output head stay float32, as in the Keras mixed
+    precision guide.
+    """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
     for key in ("filters",):
         if key in options:
             options[key] = tuple(options[key])
-    return ARCHITECTURES[architecture](tuple(input_shape), task, **options)
+    with _dtype_policy(resolve_precision(precision)):
+        return ARCHITECTURES[architecture](tuple(input_shape), task, **options)

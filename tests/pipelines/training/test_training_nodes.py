@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pandas as pd
@@ -72,6 +74,27 @@ def test_distribution_loss_trains_and_returns_a_single_output_age_model(data, ca
     assert predictions.shape == (len(data[2]), 1)
     assert np.abs(predictions.ravel() - data[3]["age"].to_numpy()).mean() == pytest.approx(
         history["val_mae"][-1], rel=1e-3
+    )
+
+
+def test_mixed_precision_training_serves_a_float32_model(data, tmp_path):
+    model_options = {**MODEL, "loss": "distribution", "mirror_average": True}
+    model, history = train_model(
+        *data, {"target": "age"}, model_options, training_params(epochs=2, precision="mixed_bfloat16")
+    )
+    assert len(history["val_mae"]) == 2
+    policies = {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
+    assert policies == {"float32"}
+    model.save(tmp_path / "age.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reloaded = keras.saving.load_model(tmp_path / "age.keras")
+    assert not [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+    predictions = reloaded.predict(data[2], verbose=0)
+    assert predictions.dtype == np.float32
+    # The float32 copy predicts what the 16-bit network validated, up to bfloat16 rounding.
+    assert np.abs(predictions.ravel() - data[3]["age"].to_numpy()).mean() == pytest.approx(
+        history["val_mae"][-1], rel=0.05
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from face_pipeline.models import build_model, inference_model
+from face_pipeline.models import build_model, inference_model, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +160,13 @@ def train_model(
     if target == "age":
         options.setdefault("age_mean", float(y_train.mean()))
         options.setdefault("age_std", float(y_train.std()) or 1.0)
+    precision = resolve_precision(training.get("precision"))
     model = build_model(
         architecture,
         train_images.shape[1:],
         target,
         learning_rate=_learning_rate(training, steps_per_epoch),
+        precision=precision,
         **options,
     )
     if isinstance(model.output, dict):
@@ -187,10 +189,11 @@ def train_model(
     if training.get("lr_schedule") == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-5))
     logger.info(
-        "Training %s (%s, %s parameters) on %d images, validating on %d",
+        "Training %s (%s, %s parameters, %s) on %d images, validating on %d",
         model.name,
         model_options["architecture"],
         f"{model.count_params():,}",
+        precision,
         len(train_images),
         len(val_images),
     )
@@ -202,6 +205,13 @@ def train_model(
         shuffle=False,  # train_data reshuffles itself every epoch
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
+    if precision != "float32":
+        # Served in float32: the same network with the trained weights (variables are float32
+        # already), so predictions do not depend on 16-bit support where the model runs.
+        trained = model
+        model = build_model(architecture, train_images.shape[1:], target, precision="float32", **options)
+        model.set_weights(trained.get_weights())
+        model.optimizer = trained.optimizer
     recalibration = int(training.get("batch_norm_recalibration") or 0)
     if recalibration and _batch_norms(model):
         before = model.evaluate(val_data, verbose=0, return_dict=True)
