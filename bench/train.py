@@ -3,8 +3,10 @@
     FACE_DATA_DIR=../shared/data/utkface .venv/bin/python bench/train.py [--profiles default seed]
 
 Each profile is one full ``kedro run`` (ingestion, preprocessing, gender and age training,
-test metrics), exactly what ``make run`` does; ``seed`` runs with ``--env=seed``. A variant of
-a profile runs one pipeline with changed parameters, e.g. the Huber loss for age:
+test metrics), exactly what ``make run`` does; any other profile is a Kedro configuration
+environment (``seed`` runs with ``--env=seed``; a ``conf/<name>/`` folder of overrides is
+another). A variant of a profile runs one pipeline with changed parameters, e.g. the Huber
+loss for age:
 
     ... bench/train.py --profiles default --pipelines train_age --params age.model.loss=huber
 

@@ -158,6 +158,20 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path,
     assert not any(path.is_file() for path in (tmp_path / "backup").rglob("*"))  # finished runs clean up
 
 
+@pytest.mark.parametrize(("start_epoch", "epochs_run"), [(0, 2), (2, 4)])
+def test_early_stopping_waits_for_its_start_epoch(data, monkeypatch, start_epoch, epochs_run):
+    original = nodes.EpochLog.on_epoch_end
+
+    def worsening_validation(self, epoch, logs=None):
+        original(self, epoch, logs)
+        logs["val_loss"] = float(epoch)  # EarlyStopping, later in the list, sees this
+
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", worsening_validation)
+    params = training_params(epochs=4, early_stopping_patience=1, early_stopping_start_epoch=start_epoch)
+    _, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert len(history["loss"]) == epochs_run
+
+
 def test_deterministic_option_gives_identical_models(data):
     params = training_params(epochs=2, deterministic=True)
     first, _ = train_model(*data, {"target": "age"}, MODEL, params)

@@ -183,7 +183,10 @@ def train_model(
     if training.get("early_stopping_patience"):
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=int(training["early_stopping_patience"]), restore_best_weights=True
+                monitor="val_loss",
+                patience=int(training["early_stopping_patience"]),
+                restore_best_weights=True,
+                start_from_epoch=int(training.get("early_stopping_start_epoch") or 0),
             )
         )
     if training.get("lr_schedule") == "plateau":
