@@ -23,7 +23,7 @@ LOSSES = {"binary_crossentropy", "mae", "huber", "distribution"}
 DEFAULT_LOSSES = {"gender": "binary_crossentropy", "age": "mae"}
 # Numeric precision of the layers between the input scaling and the output head while training.
 # Saved models always compute in float32.
-PRECISIONS = {"float32", "mixed_bfloat16", "mixed_float16", "auto"}
+PRECISIONS = {"float32", "mixed_bfloat16", "auto"}
 # Ages the "distribution" loss spreads its probabilities over: one bin per year.
 AGE_BINS = np.arange(0, 121, dtype="float32")
 

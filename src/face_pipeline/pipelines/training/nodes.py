@@ -161,13 +161,9 @@ def train_model(
         options.setdefault("age_mean", float(y_train.mean()))
         options.setdefault("age_std", float(y_train.std()) or 1.0)
     precision = resolve_precision(training.get("precision"))
+    learning_rate = _learning_rate(training, steps_per_epoch)
     model = build_model(
-        architecture,
-        train_images.shape[1:],
-        target,
-        learning_rate=_learning_rate(training, steps_per_epoch),
-        precision=precision,
-        **options,
+        architecture, train_images.shape[1:], target, learning_rate=learning_rate, precision=precision, **options
     )
     if isinstance(model.output, dict):
         # Extra training-only outputs (the age bins of the "distribution" loss) take the same labels.
@@ -212,9 +208,11 @@ def train_model(
         # Served in float32: the same network with the trained weights (variables are float32
         # already), so predictions do not depend on 16-bit support where the model runs.
         trained = model
-        model = build_model(architecture, train_images.shape[1:], target, precision="float32", **options)
+        model = build_model(
+            architecture, train_images.shape[1:], target, learning_rate=learning_rate, precision="float32", **options
+        )
         model.set_weights(trained.get_weights())
-        model.optimizer = trained.optimizer
+        model.optimizer = trained.optimizer  # saved with its state, as a float32 run's would be
     recalibration = int(training.get("batch_norm_recalibration") or 0)
     if recalibration and _batch_norms(model):
         before = model.evaluate(val_data, verbose=0, return_dict=True)
