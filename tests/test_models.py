@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from face_pipeline import models
 from face_pipeline.models import (
     AGE_BINS,
     ARCHITECTURES,
@@ -101,8 +102,20 @@ def test_mixed_precision_keeps_inputs_weights_and_outputs_in_float32(architectur
         assert output.dtype == "float32"
 
 
-def test_precision_auto_names_a_policy_this_machine_runs():
-    assert resolve_precision("auto") in {"float32", "mixed_bfloat16"}
+@pytest.mark.parametrize(
+    ("cpu_bfloat16", "gpus", "expected"),
+    [
+        (True, [], "mixed_bfloat16"),
+        (False, [], "float32"),
+        (False, [(8, 0)], "mixed_bfloat16"),
+        (True, [(7, 5)], "float32"),  # an older GPU trains, and it has no fast bfloat16
+    ],
+)
+def test_precision_auto_picks_bfloat16_only_where_it_runs_natively(monkeypatch, cpu_bfloat16, gpus, expected):
+    monkeypatch.setattr(models, "_cpu_has_bfloat16", lambda: cpu_bfloat16)
+    monkeypatch.setattr(models.tf.config, "list_physical_devices", lambda kind: list(gpus) if kind == "GPU" else [])
+    monkeypatch.setattr(models.tf.config.experimental, "get_device_details", lambda gpu: {"compute_capability": gpu})
+    assert resolve_precision("auto") == expected
     assert resolve_precision(None) == "float32"
     assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
 
