@@ -95,6 +95,29 @@ def _task_head(features, task: str, age_mean: float, age_std: float, distributio
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
+def _heads(
+    features,
+    task: str,
+    age_mean: float,
+    age_std: float,
+    loss: str | None,
+    auxiliary: dict[str, float] | None,
+):
+    """The task's output, plus one output per auxiliary task (``{task: loss weight}``).
+
+    Auxiliary outputs are trained alongside the main one and dropped from the saved model.
+    """
+    main = _task_head(features, task, age_mean, age_std, loss == "distribution")
+    if not auxiliary:
+        return main
+    outputs = dict(main) if isinstance(main, dict) else {task: main}
+    for other in auxiliary:
+        if other == task or other not in TASKS:
+            raise ValueError(f"auxiliary tasks must be among {TASKS} and differ from {task!r}, got {other!r}")
+        outputs[other] = _task_head(features, other, age_mean, age_std)
+    return outputs
+
+
 def _mirror(images):
     """Images flipped left-right, with built-in layers only (so saved models need no custom code)."""
     width = images.shape[2]
@@ -112,30 +135,37 @@ def _metrics(task: str) -> list[keras.metrics.Metric]:
     return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
 
 
-def _compile(model: keras.Model, task: str, learning_rate: float | Any, loss: str | None) -> keras.Model:
+def _compile(
+    model: keras.Model,
+    task: str,
+    learning_rate: float | Any,
+    loss: str | None,
+    auxiliary: dict[str, float] | None = None,
+) -> keras.Model:
     loss = loss or DEFAULT_LOSSES[task]
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    if loss == "distribution" and task != "age":
+        raise ValueError("loss 'distribution' is for the age task only")
     optimizer = keras.optimizers.Adam(learning_rate)
-    if loss == "distribution":
-        if task != "age":
-            raise ValueError("loss 'distribution' is for the age task only")
-        # DLDL-v2: the divergence shapes the distribution, MAE on its expectation sharpens it.
-        model.compile(
-            optimizer=optimizer,
-            loss={"age": "mae", "age_distribution": AgeDistributionLoss()},
-            metrics={"age": _metrics(task)},
-        )
+    main_loss = keras.losses.Huber(delta=5.0) if loss == "huber" else "mae" if loss == "distribution" else loss
+    if not isinstance(model.output, dict):
+        model.compile(optimizer=optimizer, loss=main_loss, metrics=_metrics(task))
         return model
-    loss_fn = keras.losses.Huber(delta=5.0) if loss == "huber" else loss
-    model.compile(optimizer=optimizer, loss=loss_fn, metrics=_metrics(task))
+    losses, weights = {task: main_loss}, {task: 1.0}
+    if loss == "distribution":
+        # DLDL-v2: the divergence shapes the distribution, MAE on its expectation sharpens it.
+        losses["age_distribution"], weights["age_distribution"] = AgeDistributionLoss(), 1.0
+    for other, weight in (auxiliary or {}).items():
+        losses[other], weights[other] = DEFAULT_LOSSES[other], float(weight)
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics={task: _metrics(task)})
     return model
 
 
 def inference_model(model: keras.Model, task: str, mirror_average: bool = False) -> keras.Model:
     """The single-output model to save and serve.
 
-    Training-only outputs (the age bins of the "distribution" loss) are dropped. With
+    Training-only outputs (the age bins of the "distribution" loss, auxiliary tasks) are dropped. With
     ``mirror_average`` the model predicts each face and its mirror image and returns the mean
     of the two, which evens out left/right quirks of one photo for twice the compute.
     Compiled with the task's plain loss and metrics, so it loads without this package.
@@ -198,6 +228,7 @@ def seed_cnn(
     age_mean: float = 33.0,
     age_std: float = 20.0,
     augment: dict | None = None,
+    auxiliary: dict[str, float] | None = None,
 ) -> keras.Model:
     """The seed recipe: Conv 3x3 + ReLU + 2x2 max-pool per block, Flatten, Dense, Dropout, one output."""
     inputs = keras.Input(shape=input_shape, name="image")
@@ -210,8 +241,8 @@ def seed_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _task_head(x, task, age_mean, age_std, loss == "distribution"), name=f"seed_cnn_{task}")
-    return _compile(model, task, learning_rate, loss)
+    model = keras.Model(inputs, _heads(x, task, age_mean, age_std, loss, auxiliary), name=f"seed_cnn_{task}")
+    return _compile(model, task, learning_rate, loss, auxiliary)
 
 
 def default_cnn(
@@ -229,6 +260,7 @@ def default_cnn(
     age_mean: float = 33.0,
     age_std: float = 20.0,
     augment: dict | None = None,
+    auxiliary: dict[str, float] | None = None,
 ) -> keras.Model:
     """A CNN sized for CPUs: early downsampling, then VGG-style stages and global pooling.
 
@@ -267,10 +299,8 @@ def default_cnn(
     x = layers.Dropout(dropout, name="features_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(
-        inputs, _task_head(x, task, age_mean, age_std, loss == "distribution"), name=f"default_cnn_{task}"
-    )
-    return _compile(model, task, learning_rate, loss)
+    model = keras.Model(inputs, _heads(x, task, age_mean, age_std, loss, auxiliary), name=f"default_cnn_{task}")
+    return _compile(model, task, learning_rate, loss, auxiliary)
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "default_cnn": default_cnn}

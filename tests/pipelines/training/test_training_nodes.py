@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from face_pipeline.models import build_model
+from face_pipeline.models import build_model, inference_model
 from face_pipeline.pipelines.training import nodes
 from face_pipeline.pipelines.training.nodes import history_as_metrics, make_dataset, plot_training_curves, train_model
 
@@ -75,6 +75,45 @@ def test_distribution_loss_trains_and_returns_a_single_output_age_model(data, ca
     assert np.abs(predictions.ravel() - data[3]["age"].to_numpy()).mean() == pytest.approx(
         history["val_mae"][-1], rel=1e-3
     )
+
+
+@pytest.mark.parametrize(
+    ("task", "loss", "auxiliary"),
+    [("gender", None, {"age": 0.02}), ("age", "distribution", {"gender": 0.5})],
+)
+def test_auxiliary_tasks_learn_their_own_labels_and_are_not_served(data, monkeypatch, task, loss, auxiliary):
+    trained = []
+    monkeypatch.setattr(
+        nodes, "inference_model", lambda model, *a, **k: trained.append(model) or inference_model(model, *a, **k)
+    )
+    model_options = {**MODEL, "loss": loss, "auxiliary": auxiliary, "mirror_average": True}
+    model, history = train_model(*data, {"target": task}, model_options, training_params(epochs=2))
+    (other, weight), (_, val_labels) = next(iter(auxiliary.items())), data[2:]
+    # The training loss adds the auxiliary loss with its weight.
+    main_loss = history.get(f"{task}_loss", history.get("age_loss"))
+    extra = history["age_distribution_loss"][-1] if loss == "distribution" else 0.0
+    assert history["loss"][-1] == pytest.approx(main_loss[-1] + extra + weight * history[f"{other}_loss"][-1], rel=1e-3)
+    # Each output was scored against its own column: the auxiliary validation loss is what the
+    # auxiliary head's predictions give on that column.
+    predicted = trained[0].predict(data[2], verbose=0)[other].ravel()
+    expected = keras.losses.get({"gender": "binary_crossentropy", "age": "mae"}[other])
+    truth = val_labels[other].to_numpy(dtype="float32")
+    assert float(expected(truth, predicted)) == pytest.approx(history[f"val_{other}_loss"][-1], rel=1e-3)
+    # The served model has the main output only.
+    assert len(model.outputs) == 1 and model.output_shape == (None, 1)
+    truth = val_labels[task].to_numpy()
+    predictions = model.predict(data[2], verbose=0).ravel()
+    if task == "age":
+        assert np.abs(predictions - truth).mean() == pytest.approx(history["val_mae"][-1], rel=0.05)
+
+
+def test_dataset_with_one_target_per_output():
+    images = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1)
+    targets = {"gender": np.arange(6) % 2, "age": np.arange(6) * 10.0}
+    (x, y), *_ = list(make_dataset(images, targets, 6, shuffle=True, seed=0))
+    order = x.numpy().ravel()
+    np.testing.assert_array_equal(y["gender"].numpy(), order % 2)
+    np.testing.assert_array_equal(y["age"].numpy(), order * 10.0)
 
 
 @pytest.mark.parametrize(

@@ -46,20 +46,29 @@ def _targets(labels: pd.DataFrame, target: str) -> np.ndarray:
 
 
 def make_dataset(
-    images: np.ndarray, targets: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
+    images: np.ndarray, targets: np.ndarray | dict[str, np.ndarray], batch_size: int, *, shuffle: bool, seed: int
 ) -> tf.data.Dataset:
     """Batches of ``(uint8 images, float32 targets)`` read from a (memory-mapped) array.
 
+    ``targets`` is one array, or a dict of arrays (one per model output), batched alike.
     Only the indices are shuffled; each batch is gathered from ``images`` in index order
     (good for memory-mapped files) and stays uint8, so the set is never held as float32.
     """
-    if len(images) != len(targets):
-        raise ValueError(f"{len(images)} images but {len(targets)} labels")
+    names = list(targets) if isinstance(targets, dict) else None
+    columns = np.stack([targets[name] for name in names], axis=1) if names else np.asarray(targets)[:, None]
+    columns = columns.astype(np.float32)
+    if len(images) != len(columns):
+        raise ValueError(f"{len(images)} images but {len(columns)} labels")
     image_shape = tuple(images.shape[1:])
 
     def gather(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         indices = np.sort(indices)
-        return np.asarray(images[indices]), targets[indices]
+        return np.asarray(images[indices]), columns[indices]
+
+    def unpack(x, y):
+        x = tf.ensure_shape(x, (None, *image_shape))
+        y = tf.ensure_shape(y, (None, columns.shape[1]))
+        return x, ({name: y[:, index] for index, name in enumerate(names)} if names else y[:, 0])
 
     dataset = tf.data.Dataset.range(len(images))
     if shuffle:
@@ -69,10 +78,12 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = dataset.map(
-        lambda x, y: (tf.ensure_shape(x, (None, *image_shape)), tf.ensure_shape(y, (None,))),
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.map(unpack).prefetch(tf.data.AUTOTUNE)
+
+
+def _output_targets(labels: pd.DataFrame, outputs: list[str], target: str) -> dict[str, np.ndarray]:
+    """Labels for each model output: the column of its name (an auxiliary task), else the main target."""
+    return {name: _targets(labels, name if name in labels.columns else target) for name in outputs}
 
 
 def _learning_rate(
@@ -136,7 +147,8 @@ def train_model(
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build the model named in ``model_options["architecture"]`` and fit it on train, validating on val.
 
-    The builder gets the arguments in ``model_options[architecture]`` plus ``loss`` and ``augment``.
+    The builder gets the arguments in ``model_options[architecture]`` plus ``loss``, ``augment``
+    and ``auxiliary`` (``{task: loss weight}``: other labels learnt alongside, not served).
 
     Returns the model with the best validation weights and its per-epoch history
     (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
@@ -145,31 +157,35 @@ def train_model(
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
     target = task["target"]
-    y_train, y_val = _targets(train_labels, target), _targets(val_labels, target)
     batch_size = int(training["batch_size"])
     steps_per_epoch = -(-len(train_images) // batch_size)
-    train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
-    val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
 
     architecture = model_options["architecture"]
+    auxiliary = dict(model_options.get("auxiliary") or {})
     options = {
         **(model_options.get(architecture) or {}),
         "loss": model_options.get("loss"),
         "augment": model_options.get("augment"),
+        "auxiliary": auxiliary,
     }
-    if target == "age":
-        options.setdefault("age_mean", float(y_train.mean()))
-        options.setdefault("age_std", float(y_train.std()) or 1.0)
+    if "age" in (target, *auxiliary):
+        ages = _targets(train_labels, "age")
+        options.setdefault("age_mean", float(ages.mean()))
+        options.setdefault("age_std", float(ages.std()) or 1.0)
     precision = resolve_precision(training.get("precision"))
     learning_rate = _learning_rate(training, steps_per_epoch)
     model = build_model(
         architecture, train_images.shape[1:], target, learning_rate=learning_rate, precision=precision, **options
     )
     if isinstance(model.output, dict):
-        # Extra training-only outputs (the age bins of the "distribution" loss) take the same labels.
-        train_data, val_data = (
-            data.map(lambda x, y: (x, dict.fromkeys(model.output, y))) for data in (train_data, val_data)
-        )
+        # Extra training-only outputs: the age bins of the "distribution" loss take the main
+        # labels, auxiliary tasks their own column.
+        y_train = _output_targets(train_labels, list(model.output), target)
+        y_val = _output_targets(val_labels, list(model.output), target)
+    else:
+        y_train, y_val = _targets(train_labels, target), _targets(val_labels, target)
+    train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
+    val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
     callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
     if training.get("backup_dir"):
         backup = backup_path(training["backup_dir"], model_options, training, train_images.shape)
