@@ -215,6 +215,20 @@ def test_early_stopping_waits_for_its_start_epoch(data, monkeypatch, start_epoch
     assert len(history["loss"]) == epochs_run
 
 
+def test_early_stopping_ignores_auxiliary_losses(data, monkeypatch):
+    original = nodes.EpochLog.on_epoch_end
+
+    def auxiliary_worsening(self, epoch, logs=None):
+        original(self, epoch, logs)
+        logs["val_loss"], logs["val_gender_loss"] = float(epoch), 1.0 / (epoch + 1)
+
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", auxiliary_worsening)
+    params = training_params(epochs=4, early_stopping_patience=1)
+    model_options = {**MODEL, "auxiliary": {"age": 0.01}}
+    _, history = train_model(*data, {"target": "gender"}, model_options, params)
+    assert len(history["loss"]) == 4
+
+
 def test_deterministic_option_gives_identical_models(data):
     params = training_params(epochs=2, deterministic=True)
     first, _ = train_model(*data, {"target": "age"}, MODEL, params)

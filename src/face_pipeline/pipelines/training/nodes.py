@@ -192,17 +192,22 @@ def train_model(
         if backup.exists():
             logger.info("Resuming from the last finished epoch saved in %s", backup)
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+    # Auxiliary tasks help training but do not decide which weights are best.
+    monitored = f"val_{target}_loss" if auxiliary else "val_loss"
     if training.get("early_stopping_patience"):
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss",
+                monitor=monitored,
+                mode="min",
                 patience=int(training["early_stopping_patience"]),
                 restore_best_weights=True,
                 start_from_epoch=int(training.get("early_stopping_start_epoch") or 0),
             )
         )
     if training.get("lr_schedule") == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-5))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor=monitored, mode="min", factor=0.3, patience=2, min_lr=1e-5)
+        )
     logger.info(
         "Training %s (%s, %s parameters, %s) on %d images, validating on %d",
         model.name,
