@@ -229,6 +229,23 @@ def test_early_stopping_ignores_auxiliary_losses(data, monkeypatch):
     assert len(history["loss"]) == 4
 
 
+def test_weight_averaging_ends_with_the_mean_of_the_last_epochs(data, monkeypatch):
+    seen = []
+    original = nodes.WeightAverage.on_epoch_end
+
+    def record(self, epoch, logs=None):
+        seen.append(self.model.get_weights())
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(nodes.WeightAverage, "on_epoch_end", record)
+    params = training_params(epochs=4, weight_averaging_epochs=2, early_stopping_patience=3)
+    model, _ = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert len(seen) == 4
+    for final, third, fourth in zip(model.get_weights(), seen[2], seen[3], strict=True):
+        np.testing.assert_allclose(final, (third + fourth) / 2, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(seen[2][0], seen[3][0])  # the epochs did differ
+
+
 def test_deterministic_option_gives_identical_models(data):
     params = training_params(epochs=2, deterministic=True)
     first, _ = train_model(*data, {"target": "age"}, MODEL, params)

@@ -136,6 +136,71 @@ class EpochLog(keras.callbacks.Callback):
         logger.info("epoch %d: %s (%.0f s)", epoch + 1, metrics, logs["epoch_seconds"])
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging (Izmailov et al. 2018): the model ends with the mean of its
+    weights at the ends of its last ``epochs`` epochs.
+
+    Placed after ``EarlyStopping`` so the average replaces the restored best weights; a run that
+    stops before the averaging window keeps those. Batch-norm statistics of an average fit none
+    of the averaged networks: re-estimate them afterwards (``batch_norm_recalibration``).
+    A run resumed from a backup averages the epochs it ran itself.
+    """
+
+    def __init__(self, epochs: int, total_epochs: int):
+        super().__init__()
+        self.first_epoch = max(0, total_epochs - epochs)  # 0-based
+        self.averaged = 0
+        self._sums: list[np.ndarray] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.first_epoch:
+            return
+        weights = self.model.get_weights()
+        if not self._sums:
+            self._sums = [np.zeros(w.shape, np.float64) for w in weights]
+        for total, value in zip(self._sums, weights, strict=True):
+            np.add(total, value, out=total)
+        self.averaged += 1
+
+    def on_train_end(self, logs=None):
+        if self.averaged:
+            current = self.model.get_weights()
+            self.model.set_weights(
+                [(total / self.averaged).astype(w.dtype) for total, w in zip(self._sums, current, strict=True)]
+            )
+            logger.info("Weights averaged over the last %d epochs", self.averaged)
+
+
+def _callbacks(
+    training: dict[str, Any], target: str, backup: Path | None, main_loss_only: bool
+) -> list[keras.callbacks.Callback]:
+    """Epoch log, backup, early stopping, weight averaging and plateau schedule, as configured."""
+    callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
+    if backup is not None:
+        if backup.exists():
+            logger.info("Resuming from the last finished epoch saved in %s", backup)
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+    # Auxiliary tasks help training but do not decide which weights are best.
+    monitored = f"val_{target}_loss" if main_loss_only else "val_loss"
+    if training.get("early_stopping_patience"):
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitored,
+                mode="min",
+                patience=int(training["early_stopping_patience"]),
+                restore_best_weights=True,
+                start_from_epoch=int(training.get("early_stopping_start_epoch") or 0),
+            )
+        )
+    if training.get("weight_averaging_epochs"):
+        callbacks.append(WeightAverage(int(training["weight_averaging_epochs"]), int(training["epochs"])))
+    if training.get("lr_schedule") == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor=monitored, mode="min", factor=0.3, patience=2, min_lr=1e-5)
+        )
+    return callbacks
+
+
 def train_model(
     train_images: np.ndarray,
     train_labels: pd.DataFrame,
@@ -186,28 +251,12 @@ def train_model(
         y_train, y_val = _targets(train_labels, target), _targets(val_labels, target)
     train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
     val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
-    callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
-    if training.get("backup_dir"):
-        backup = backup_path(training["backup_dir"], model_options, training, train_images.shape)
-        if backup.exists():
-            logger.info("Resuming from the last finished epoch saved in %s", backup)
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
-    # Auxiliary tasks help training but do not decide which weights are best.
-    monitored = f"val_{target}_loss" if auxiliary else "val_loss"
-    if training.get("early_stopping_patience"):
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitored,
-                mode="min",
-                patience=int(training["early_stopping_patience"]),
-                restore_best_weights=True,
-                start_from_epoch=int(training.get("early_stopping_start_epoch") or 0),
-            )
-        )
-    if training.get("lr_schedule") == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor=monitored, mode="min", factor=0.3, patience=2, min_lr=1e-5)
-        )
+    backup = (
+        backup_path(training["backup_dir"], model_options, training, train_images.shape)
+        if training.get("backup_dir")
+        else None
+    )
+    callbacks = _callbacks(training, target, backup, main_loss_only=bool(auxiliary))
     logger.info(
         "Training %s (%s, %s parameters, %s) on %d images, validating on %d",
         model.name,
