@@ -81,6 +81,7 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for task in ("gender", "age"):
         model = build_model("default_cnn", (SIZE, SIZE, 1), task, stem_filters=4, filters=[4], batch_norm=False)
+        model.optimizer.build(model.trainable_variables)  # saved like a trained model's
         # Kedro's versioned layout, two versions: the latest must win.
         for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
             path = folder / f"{task}_model.keras" / version / f"{task}_model.keras"
