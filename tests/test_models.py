@@ -82,6 +82,9 @@ def test_unknown_options_are_refused():
         build_model("default_cnn", (32, 32, 1), "age", loss="hinge")
     with pytest.raises(ValueError, match="precision"):
         build_model("default_cnn", (32, 32, 1), "age", precision="int8")
+    for auxiliary in ({"race": 1.0}, {"gender": 1.0}):
+        with pytest.raises(ValueError, match="auxiliary tasks"):
+            build_model("default_cnn", (32, 32, 1), "gender", auxiliary=auxiliary)
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
