@@ -90,9 +90,9 @@ def test_auxiliary_tasks_learn_their_own_labels_and_are_not_served(data, monkeyp
     model, history = train_model(*data, {"target": task}, model_options, training_params(epochs=2))
     (other, weight), (_, val_labels) = next(iter(auxiliary.items())), data[2:]
     # The training loss adds the auxiliary loss with its weight.
-    main_loss = history.get(f"{task}_loss", history.get("age_loss"))
     extra = history["age_distribution_loss"][-1] if loss == "distribution" else 0.0
-    assert history["loss"][-1] == pytest.approx(main_loss[-1] + extra + weight * history[f"{other}_loss"][-1], rel=1e-3)
+    expected_loss = history[f"{task}_loss"][-1] + extra + weight * history[f"{other}_loss"][-1]
+    assert history["loss"][-1] == pytest.approx(expected_loss, rel=1e-3)
     # Each output was scored against its own column: the auxiliary validation loss is what the
     # auxiliary head's predictions give on that column.
     predicted = trained[0].predict(data[2], verbose=0)[other].ravel()

@@ -172,16 +172,14 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 def _callbacks(
-    training: dict[str, Any], target: str, backup: Path | None, main_loss_only: bool
+    training: dict[str, Any], target: str, backup: Path | None, monitored: str
 ) -> list[keras.callbacks.Callback]:
-    """Epoch log, backup, early stopping, weight averaging and plateau schedule, as configured."""
+    """Epoch log, backup, early stopping and plateau schedule on ``monitored``, weight averaging."""
     callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
     if backup is not None:
         if backup.exists():
             logger.info("Resuming from the last finished epoch saved in %s", backup)
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
-    # Auxiliary tasks help training but do not decide which weights are best.
-    monitored = f"val_{target}_loss" if main_loss_only else "val_loss"
     if training.get("early_stopping_patience"):
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -256,7 +254,8 @@ def train_model(
         if training.get("backup_dir")
         else None
     )
-    callbacks = _callbacks(training, target, backup, main_loss_only=bool(auxiliary))
+    # Auxiliary tasks help training but do not decide which weights are best.
+    callbacks = _callbacks(training, target, backup, f"val_{target}_loss" if auxiliary else "val_loss")
     logger.info(
         "Training %s (%s, %s parameters, %s) on %d images, validating on %d",
         model.name,
