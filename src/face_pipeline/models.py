@@ -250,6 +250,7 @@ def default_cnn(
     task: str,
     *,
     stem_filters: int = 32,
+    stem_convs: int = 1,
     filters: tuple[int, ...] = (48, 96, 192),
     convs_per_stage: int = 2,
     batch_norm: bool = True,
@@ -265,7 +266,8 @@ def default_cnn(
     """A CNN sized for CPUs: early downsampling, then VGG-style stages and global pooling.
 
     A 5x5 stride-2 stem and a max-pool bring 128x128 inputs to 32x32 before the wide
-    convolutions, where most of a plain CNN's time goes. Each stage has
+    convolutions, where most of a plain CNN's time goes; ``stem_convs`` > 1 adds 3x3
+    convolutions at half resolution before that max-pool. Each stage has
     ``convs_per_stage`` 3x3 convolutions; every stage but the last ends in a max-pool.
     Global average pooling keeps the head small and tolerant of where the face sits.
     """
@@ -289,6 +291,8 @@ def default_cnn(
         return layers.ReLU(name=f"{name}_relu")(x)
 
     x = conv(x, stem_filters, 5, "stem", strides=2)
+    for index in range(2, stem_convs + 1):
+        x = conv(x, stem_filters, 3, f"stem_conv{index}")
     x = layers.MaxPooling2D(2, name="stem_pool")(x)
     for stage, width in enumerate(filters, start=1):
         for index in range(convs_per_stage):
