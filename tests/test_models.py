@@ -66,6 +66,16 @@ def test_default_is_far_cheaper_than_seed():
     assert default_cnn((128, 128, 1), "gender").count_params() * 4 < seed_cnn((128, 128, 1), "gender").count_params()
 
 
+def test_stem_convs_add_3x3_convolutions_at_half_resolution():
+    plain = default_cnn((128, 128, 1), "gender", stem_filters=16, filters=[8, 8])
+    deeper = default_cnn((128, 128, 1), "gender", stem_filters=16, stem_convs=3, filters=[8, 8])
+    added = [deeper.get_layer(f"stem_conv{index}") for index in (2, 3)]
+    assert all(conv.kernel_size == (3, 3) and conv.output.shape[1:] == (64, 64, 16) for conv in added)
+    # Two 16 -> 16 3x3 kernels without bias, each with four batch-norm vectors.
+    assert deeper.count_params() - plain.count_params() == 2 * (9 * 16 * 16 + 4 * 16)
+    assert deeper.get_layer("stem_pool").output.shape[1:] == (32, 32, 16)
+
+
 def test_augmentation_changes_training_inputs_only():
     layer = augmentation(flip=True, rotation=0.05, zoom=0.1, translation=0.05, brightness=0.1, contrast=0.1, seed=1)
     images = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
