@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from face_pipeline.models import build_model, inference_model
 from face_pipeline.pipelines.training import nodes
@@ -266,3 +267,63 @@ def test_batch_norm_recalibration_normalises_plain_training_images(data):
         np.testing.assert_allclose(outputs.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
         assert np.all(outputs.std(axis=(0, 1, 2)) > 0.5) and np.all(outputs.std(axis=(0, 1, 2)) < 1.01)
     assert nodes.recalibrate_batch_norm(model, images, count=0, seed=0) == 0
+
+
+def test_progressive_resizing_shrinks_training_batches_until_its_last_epoch():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, SIZE, SIZE, 1)).astype(np.uint8)
+    images[0] = 77  # a flat face stays flat at any size
+    resizing = nodes.ProgressiveResizing(size=16, epochs=2, full_size=SIZE)
+    dataset = resizing.resize(make_dataset(images, np.arange(8.0), 8, shuffle=False, seed=0))
+    for epoch, side in [(0, 16), (1, 16), (2, SIZE), (5, SIZE)]:
+        resizing.on_epoch_begin(epoch)
+        ((x, y),) = list(dataset)
+        assert x.shape == (8, side, side, 1) and x.dtype == np.uint8
+        np.testing.assert_array_equal(y.numpy(), np.arange(8.0))
+        assert np.all(x.numpy()[0] == 77)
+        # The same pictures, smaller: mean brightness kept, full size untouched.
+        np.testing.assert_allclose(x.numpy().mean(axis=(1, 2, 3)), images.mean(axis=(1, 2, 3)), atol=1.0)
+        if side == SIZE:
+            np.testing.assert_array_equal(x.numpy(), images)
+
+
+def test_progressive_resizing_trains_small_and_serves_the_full_size(data, tmp_path, monkeypatch, caplog):
+    sides = []
+    resize = nodes.ProgressiveResizing.resize
+
+    def recording(self, dataset):
+        def record(x, y):
+            tf_side = tf.py_function(lambda side: sides.append(int(side)) or 0, [tf.shape(x)[1]], tf.int32)
+            with tf.control_dependencies([tf_side]):
+                return tf.identity(x), y
+
+        return resize(self, dataset).map(record)
+
+    monkeypatch.setattr(nodes.ProgressiveResizing, "resize", recording)
+    model_options = {**MODEL, "mirror_average": True}
+    params = training_params(epochs=3, progressive_resizing={"size": 16, "epochs": 2})
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        model, history = train_model(*data, {"target": "gender"}, model_options, params)
+    assert "Epochs 1-2 train on 16 px images, later epochs on 32 px" in caplog.text
+    assert len(history["loss"]) == 3
+    batches_per_epoch = len(data[0]) // params["batch_size"]
+    assert sides[: 2 * batches_per_epoch] == [16] * (2 * batches_per_epoch)
+    assert sides.count(SIZE) >= batches_per_epoch and sides[-1] == SIZE
+    # Served at the size of the data, validated at full size all along.
+    assert model.input_shape == (None, SIZE, SIZE, 1)
+    model.save(tmp_path / "model.keras")
+    predictions = keras.saving.load_model(tmp_path / "model.keras").predict(data[2], verbose=0).ravel()
+    accuracy = ((predictions > 0.5) == data[3]["gender"].to_numpy()).mean()
+    assert accuracy == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+
+
+def test_progressive_resizing_needs_a_network_that_takes_any_size(data):
+    seed_options = {**MODEL, "architecture": "seed_cnn", "seed_cnn": {"filters": [4], "dense_units": 4}}
+    params = training_params(progressive_resizing={"size": 16, "epochs": 1}, epochs=2)
+    with pytest.raises(ValueError, match="progressive_resizing needs a network that takes any image size"):
+        train_model(*data, {"target": "gender"}, seed_options, params)
+    with pytest.raises(ValueError, match=r"progressive_resizing\.size must be between 1 and 31"):
+        train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 32, "epochs": 1}))
+    # Off when no epochs are given.
+    model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16}))
+    assert model.input_shape == (None, SIZE, SIZE, 1)

@@ -171,6 +171,44 @@ class WeightAverage(keras.callbacks.Callback):
             logger.info("Weights averaged over the last %d epochs", self.averaged)
 
 
+class ProgressiveResizing(keras.callbacks.Callback):
+    """The first ``epochs`` epochs train on images shrunk to ``size`` pixels, the rest at full size.
+
+    Progressive resizing (fast.ai; EfficientNetV2): a small image costs about ``(size / full)**2``
+    of the compute, so the same time holds more epochs, and the last epochs, every validation
+    pass and the batch-norm re-estimation see full-size faces. The training batches of
+    ``resize`` read the current side when each epoch's iterator starts, after ``on_epoch_begin``.
+    """
+
+    def __init__(self, size: int, epochs: int, full_size: int):
+        super().__init__()
+        if not 0 < int(size) < int(full_size):
+            raise ValueError(f"progressive_resizing.size must be between 1 and {int(full_size) - 1}, got {size}")
+        self.size, self.epochs, self.full_size = int(size), int(epochs), int(full_size)
+        self.side = tf.Variable(self.full_size, dtype=tf.int32, trainable=False, name="training_side")
+
+    def resize(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """``dataset`` with its images resized to the current side (uint8, antialiased bilinear)."""
+        channels = dataset.element_spec[0].shape[-1]
+
+        def shrink(images, targets):
+            side = self.side.read_value()
+            images = tf.cond(
+                side < self.full_size,
+                lambda: tf.cast(tf.round(tf.image.resize(images, [side, side], antialias=True)), tf.uint8),
+                lambda: images,
+            )
+            return tf.ensure_shape(images, (None, None, None, channels)), targets
+
+        return dataset.map(shrink, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def on_train_begin(self, logs=None):
+        logger.info("Epochs 1-%d train on %d px images, later epochs on %d px", self.epochs, self.size, self.full_size)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.side.assign(self.size if epoch < self.epochs else self.full_size)
+
+
 def _callbacks(
     training: dict[str, Any], target: str, backup: Path | None, monitored: str
 ) -> list[keras.callbacks.Callback]:
@@ -199,6 +237,29 @@ def _callbacks(
     return callbacks
 
 
+def _builder_options(model_options: dict[str, Any], train_labels: pd.DataFrame, target: str) -> dict[str, Any]:
+    """Keyword arguments of the architecture's builder: its own block plus the shared model options."""
+    auxiliary = dict(model_options.get("auxiliary") or {})
+    options = {
+        **(model_options.get(model_options["architecture"]) or {}),
+        "loss": model_options.get("loss"),
+        "augment": model_options.get("augment"),
+        "auxiliary": auxiliary,
+    }
+    if "age" in (target, *auxiliary):
+        ages = _targets(train_labels, "age")
+        options.setdefault("age_mean", float(ages.mean()))
+        options.setdefault("age_std", float(ages.std()) or 1.0)
+    return options
+
+
+def _progressive_resizing(training: dict[str, Any], input_shape: tuple) -> ProgressiveResizing | None:
+    settings = training.get("progressive_resizing") or {}
+    if not int(settings.get("epochs") or 0):
+        return None
+    return ProgressiveResizing(settings["size"], settings["epochs"], full_size=input_shape[0])
+
+
 def train_model(
     train_images: np.ndarray,
     train_labels: pd.DataFrame,
@@ -224,22 +285,25 @@ def train_model(
     steps_per_epoch = -(-len(train_images) // batch_size)
 
     architecture = model_options["architecture"]
-    auxiliary = dict(model_options.get("auxiliary") or {})
-    options = {
-        **(model_options.get(architecture) or {}),
-        "loss": model_options.get("loss"),
-        "augment": model_options.get("augment"),
-        "auxiliary": auxiliary,
-    }
-    if "age" in (target, *auxiliary):
-        ages = _targets(train_labels, "age")
-        options.setdefault("age_mean", float(ages.mean()))
-        options.setdefault("age_std", float(ages.std()) or 1.0)
+    options = _builder_options(model_options, train_labels, target)
+    auxiliary = options["auxiliary"]
     precision = resolve_precision(training.get("precision"))
     learning_rate = _learning_rate(training, steps_per_epoch)
-    model = build_model(
-        architecture, train_images.shape[1:], target, learning_rate=learning_rate, precision=precision, **options
-    )
+    input_shape = tuple(train_images.shape[1:])
+    resizing = _progressive_resizing(training, input_shape)
+    # While the side of training images changes, the network takes any side.
+    training_shape = (None, None, input_shape[-1]) if resizing else input_shape
+    try:
+        model = build_model(
+            architecture, training_shape, target, learning_rate=learning_rate, precision=precision, **options
+        )
+    except ValueError as error:
+        if not resizing:
+            raise
+        raise ValueError(
+            f"training.progressive_resizing needs a network that takes any image size (global pooling); "
+            f"{architecture} does not: {error}"
+        ) from error
     if isinstance(model.output, dict):
         # Extra training-only outputs: the age bins of the "distribution" loss take the main
         # labels, auxiliary tasks their own column.
@@ -249,6 +313,8 @@ def train_model(
         y_train, y_val = _targets(train_labels, target), _targets(val_labels, target)
     train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
     val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
+    if resizing:
+        train_data = resizing.resize(train_data)
     backup = (
         backup_path(training["backup_dir"], model_options, training, train_images.shape)
         if training.get("backup_dir")
@@ -256,6 +322,8 @@ def train_model(
     )
     # Auxiliary tasks help training but do not decide which weights are best.
     callbacks = _callbacks(training, target, backup, f"val_{target}_loss" if auxiliary else "val_loss")
+    if resizing:
+        callbacks.insert(0, resizing)
     logger.info(
         "Training %s (%s, %s parameters, %s) on %d images, validating on %d",
         model.name,
@@ -273,12 +341,13 @@ def train_model(
         shuffle=False,  # train_data reshuffles itself every epoch
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
-    if precision != "float32":
-        # Served in float32: the same network with the trained weights (variables are float32
-        # already), so predictions do not depend on 16-bit support where the model runs.
+    if precision != "float32" or resizing:
+        # Served in float32 and at the input size of the data: the same network with the trained
+        # weights (variables are float32 already), so predictions do not depend on 16-bit
+        # support where the model runs.
         trained = model
         model = build_model(
-            architecture, train_images.shape[1:], target, learning_rate=learning_rate, precision="float32", **options
+            architecture, input_shape, target, learning_rate=learning_rate, precision="float32", **options
         )
         model.set_weights(trained.get_weights())
         model.optimizer = trained.optimizer  # saved with its state, as a float32 run's would be
