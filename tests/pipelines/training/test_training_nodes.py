@@ -165,7 +165,9 @@ def test_training_curves_plot():
 def test_dataset_batches_stay_uint8_and_cover_every_image():
     images = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
     targets = np.arange(10, dtype=np.float32)
-    batches = list(make_dataset(images, targets, 4, shuffle=True, seed=0))
+    dataset = make_dataset(images, targets, 4, shuffle=True, seed=0)
+    assert dataset.options().autotune.enabled is False  # it competes with training for the CPU
+    batches = list(dataset)
     assert [len(x) for x, _ in batches] == [4, 4, 2]
     assert all(x.dtype == np.uint8 for x, _ in batches)
     seen = np.concatenate([y.numpy() for _, y in batches])
@@ -275,6 +277,7 @@ def test_progressive_resizing_shrinks_training_batches_until_its_last_epoch():
     images[0] = 77  # a flat face stays flat at any size
     resizing = nodes.ProgressiveResizing(size=16, epochs=2, full_size=SIZE)
     dataset = resizing.resize(make_dataset(images, np.arange(8.0), 8, shuffle=False, seed=0))
+    assert dataset.options().autotune.enabled is False
     for epoch, side in [(0, 16), (1, 16), (2, SIZE), (5, SIZE)]:
         resizing.on_epoch_begin(epoch)
         ((x, y),) = list(dataset)

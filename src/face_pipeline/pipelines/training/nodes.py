@@ -46,7 +46,13 @@ def _targets(labels: pd.DataFrame, target: str) -> np.ndarray:
 
 
 def make_dataset(
-    images: np.ndarray, targets: np.ndarray | dict[str, np.ndarray], batch_size: int, *, shuffle: bool, seed: int
+    images: np.ndarray,
+    targets: np.ndarray | dict[str, np.ndarray],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    autotune: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``(uint8 images, float32 targets)`` read from a (memory-mapped) array.
 
@@ -79,9 +85,9 @@ def make_dataset(
         deterministic=True,
     )
     # tf.data's autotuning competes with the training step for the CPU: on 2 cores it made
-    # whole epochs 1.3-1.7x slower at random. Without it AUTOTUNE means one call per core.
+    # whole epochs up to 1.7x slower at random. Without it AUTOTUNE means one call per core.
     options = tf.data.Options()
-    options.autotune.enabled = False
+    options.autotune.enabled = autotune
     return dataset.map(unpack).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
