@@ -4,6 +4,7 @@
 # make bench - ingestion/preprocessing benchmark on the real images (FACE_DATA_DIR)
 # make bench-train - trains both models with both profiles and compares them
 # make bench-predict - prediction throughput and served-model latency
+# make bench-epochs - seconds per training epoch with tf.data autotuning off and on
 
 PYTHON ?= python3
 VENV := .venv
@@ -24,7 +25,7 @@ ifeq ($(strip $(FACE_DATA_DIR)),)
   endif
 endif
 
-.PHONY: docs install run test test-all bench bench-train bench-predict lint format clean
+.PHONY: docs install run test test-all bench bench-train bench-predict bench-epochs lint format clean
 
 install: $(STAMP)
 
@@ -64,6 +65,10 @@ bench-train: $(STAMP)
 # Prediction throughput and served-model latency, with the models of the last `make run`.
 bench-predict: $(STAMP)
 	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py
+
+# Seconds per training epoch with tf.data autotuning off and on (needs a preprocessing run).
+bench-epochs: $(STAMP)
+	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/epochs.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
