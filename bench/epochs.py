@@ -25,7 +25,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from face_pipeline.models import build_model, resolve_precision
-from face_pipeline.pipelines.training.nodes import make_dataset
+from face_pipeline.pipelines.training.nodes import _builder_options, make_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,18 +37,17 @@ def epoch_seconds(images: int, epochs: int, autotune: bool) -> list[float]:
         context = session.load_context()
         catalog, params = context.catalog, context.params["gender"]
     train_images = catalog.load("train_images")[:images]
-    labels = catalog.load("train_labels")["gender"].to_numpy(np.float32)[:images]
+    train_labels = catalog.load("train_labels")[:images]
+    labels = train_labels["gender"].to_numpy(np.float32)
     model_options, training = params["model"], params["training"]
-    architecture = model_options["architecture"]
     keras.utils.set_random_seed(training["seed"])
     model = build_model(
-        architecture,
+        model_options["architecture"],
         train_images.shape[1:],
         "gender",
         precision=resolve_precision(training["precision"]),
         learning_rate=training["learning_rate"],
-        augment=model_options["augment"],
-        **model_options[architecture],
+        **_builder_options(model_options, train_labels, "gender"),
     )
     dataset = make_dataset(train_images, labels, training["batch_size"], shuffle=True, seed=1, autotune=autotune)
     seconds: list[float] = []
