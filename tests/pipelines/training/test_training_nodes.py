@@ -1,3 +1,4 @@
+import types
 import warnings
 
 import keras
@@ -330,3 +331,83 @@ def test_progressive_resizing_needs_a_network_that_takes_any_size(data):
     # Off when no epochs are given.
     model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16}))
     assert model.input_shape == (None, SIZE, SIZE, 1)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "seconds", "budget", "planned"),
+    [(18, 100.0, 34, 18), (18, 340.0, 34, 6), (18, 5000.0, 34, 1), (18, 340.0, None, 18), (4, 0.0, 1, 4)],
+)
+def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budget, planned):
+    assert nodes.plan_epochs(epochs, seconds, budget) == planned
+
+
+def test_measuring_an_epoch_times_training_steps(data):
+    images, labels = data[0], data[1]
+    probe = build_model("default_cnn", images.shape[1:], "gender", **MODEL["default_cnn"])
+    dataset = make_dataset(images, labels["gender"].to_numpy(np.float32), 8, shuffle=False, seed=0)
+    seconds = nodes.measure_epoch_seconds(probe, dataset, steps_per_epoch=1000, val_steps=300, probe_steps=4)
+    assert 0 < seconds < 1000  # 1,100 step-equivalents of a tiny network: well under a second each
+    # One batch is timed again and again; no batch at all cannot be timed.
+    assert nodes.measure_epoch_seconds(probe, dataset.take(1), steps_per_epoch=10, val_steps=0) > 0
+    with pytest.raises(ValueError, match="data set is empty"):
+        nodes.measure_epoch_seconds(probe, dataset.take(0), steps_per_epoch=10, val_steps=0)
+
+
+def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, caplog):
+    # 30 s per epoch in a 1-minute budget: 2 of 6 epochs.
+    monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 30.0)
+    params = training_params(
+        tmp_path, epochs=6, time_budget_minutes=1, early_stopping_patience=1, early_stopping_start_epoch=3
+    )
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        model, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert len(history["loss"]) == 2
+    assert "2 of 6 epochs fit" in caplog.text
+    # The cosine schedule decays over the planned epochs (2 epochs of 4 steps), not the configured 6.
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(0.002 * 0.01, rel=1e-3)
+    assert not any(path.is_file() for path in (tmp_path / "backup").rglob("*"))  # the plan goes with the backup
+
+
+def test_a_resumed_run_keeps_its_planned_epochs(data, tmp_path, monkeypatch):
+    params = training_params(tmp_path, epochs=6, time_budget_minutes=2)
+    monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 30.0)  # 4 of 6 epochs
+    original = nodes.EpochLog.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(Interrupted):
+        train_model(*data, {"target": "gender"}, MODEL, params)
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", original)
+    # The machine now seems slower (1 epoch would fit), but the resumed run finishes its plan: epochs 2-4.
+    monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 100.0)
+    _, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert len(history["loss"]) == 3
+
+
+def test_time_limit_stops_before_an_epoch_that_would_overrun(monkeypatch, caplog):
+    clock = iter([0.0, 0.0, 40.0, 40.0, 90.0, 90.0, 120.0])  # epochs of 40, 50 and 30 s
+    monkeypatch.setattr(nodes.time, "perf_counter", lambda: next(clock))
+    limit = nodes.TimeLimit(seconds=130)
+    model = types.SimpleNamespace(stop_training=False)
+    limit.set_model(model)
+    limit.on_train_begin()
+    stopped = []
+    for epoch in range(3):
+        limit.on_epoch_begin(epoch)
+        limit.on_epoch_end(epoch)
+        stopped.append(model.stop_training)
+    # After 40 s another 40 fits in 130; after 90 s another epoch as long as the longest (50) does not.
+    assert stopped == [False, True, True]
+    assert "Stopping after epoch 2" in caplog.text
+
+
+def test_a_budget_with_room_for_every_epoch_trains_the_same_model(data):
+    params = training_params(epochs=2, deterministic=True)
+    unlimited, _ = train_model(*data, {"target": "age"}, MODEL, params)
+    budgeted, _ = train_model(*data, {"target": "age"}, MODEL, {**params, "time_budget_minutes": 60})
+    for a, b in zip(unlimited.get_weights(), budgeted.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

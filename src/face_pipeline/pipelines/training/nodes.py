@@ -91,9 +91,13 @@ def make_dataset(
     return dataset.map(unpack).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def _output_targets(labels: pd.DataFrame, outputs: list[str], target: str) -> dict[str, np.ndarray]:
-    """Labels for each model output: the column of its name (an auxiliary task), else the main target."""
-    return {name: _targets(labels, name if name in labels.columns else target) for name in outputs}
+def _model_targets(model: keras.Model, labels: pd.DataFrame, target: str) -> np.ndarray | dict[str, np.ndarray]:
+    """Labels for ``model``: its target column, or for a model with extra training-only outputs one
+    array per output (the age bins of the "distribution" loss take the main labels, auxiliary
+    tasks the column of their name)."""
+    if not isinstance(model.output, dict):
+        return _targets(labels, target)
+    return {name: _targets(labels, name if name in labels.columns else target) for name in model.output}
 
 
 def _learning_rate(
@@ -144,6 +148,69 @@ class EpochLog(keras.callbacks.Callback):
             f"{_metric_name(name, self.target)}={value:.4f}" for name, value in logs.items() if name != "epoch_seconds"
         )
         logger.info("epoch %d: %s (%.0f s)", epoch + 1, metrics, logs["epoch_seconds"])
+
+
+def plan_epochs(epochs: int, seconds_per_epoch: float, budget_minutes: float | None) -> int:
+    """The epochs of ``seconds_per_epoch`` that fit in ``budget_minutes`` (at least 1, at most ``epochs``)."""
+    if not budget_minutes:
+        return int(epochs)
+    return max(1, min(int(epochs), int(budget_minutes * 60 // max(seconds_per_epoch, 1e-9))))
+
+
+def measure_epoch_seconds(
+    probe: keras.Model,
+    train_data: tf.data.Dataset,
+    steps_per_epoch: int,
+    val_steps: int,
+    probe_steps: int = 10,
+) -> float:
+    """Seconds one epoch of ``steps_per_epoch`` training and ``val_steps`` validation batches takes here.
+
+    Times ``probe_steps`` training steps of ``probe``, a throwaway model, after a first
+    (graph-tracing) step, repeating the batches if there are fewer, and takes the median step;
+    a validation step counts as a third of a training step (a forward pass only).
+    """
+    ends: list[float] = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    probe.fit(train_data.repeat().take(probe_steps + 1), epochs=1, shuffle=False, verbose=0, callbacks=[StepTimer()])
+    if len(ends) < 2:
+        raise ValueError("measuring an epoch needs training batches; the data set is empty")
+    step = float(np.median(np.diff(ends)))
+    return step * (steps_per_epoch + val_steps / 3)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training before an epoch that would end more than ``seconds`` after training began.
+
+    Judged by the longest epoch so far; a guard behind the planned epochs of
+    ``training.time_budget_minutes``, for machines that slow down during a run.
+    """
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = float(seconds)
+
+    def on_train_begin(self, logs=None):
+        self._started, self._longest = time.perf_counter(), 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self._longest = max(self._longest, now - self._epoch_started)
+        if not self.model.stop_training and now - self._started + self._longest > self.seconds:
+            self.model.stop_training = True
+            logger.warning(
+                "Stopping after epoch %d: another epoch (up to %.0f s) would overrun the time budget of %.0f min",
+                epoch + 1,
+                self._longest,
+                self.seconds / 60,
+            )
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -244,6 +311,8 @@ def _callbacks(
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor=monitored, mode="min", factor=0.3, patience=2, min_lr=1e-5)
         )
+    if training.get("time_budget_minutes"):
+        callbacks.append(TimeLimit(float(training["time_budget_minutes"]) * 60))
     return callbacks
 
 
@@ -270,6 +339,61 @@ def _progressive_resizing(training: dict[str, Any], input_shape: tuple) -> Progr
     return ProgressiveResizing(settings["size"], settings["epochs"], full_size=input_shape[0])
 
 
+def _first(data: np.ndarray | dict[str, np.ndarray], count: int) -> np.ndarray | dict[str, np.ndarray]:
+    return {name: values[:count] for name, values in data.items()} if isinstance(data, dict) else data[:count]
+
+
+def _fit_in_budget(
+    training: dict[str, Any],
+    probe: keras.Model,
+    train_images: np.ndarray,
+    y_train: np.ndarray | dict[str, np.ndarray],
+    val_count: int,
+    backup: Path | None,
+) -> dict[str, Any]:
+    """``training`` with as many epochs as fit in ``time_budget_minutes`` on this machine.
+
+    The schedule, early stopping's start and weight averaging follow the planned epochs, so
+    a shortened run still decays its learning rate to the end. A resumed run keeps the plan
+    it started with (kept beside its backup).
+    """
+    budget, epochs = training.get("time_budget_minutes"), int(training["epochs"])
+    if not budget:
+        return training
+    batch_size = int(training["batch_size"])
+    plan_file = backup / "epochs_planned.json" if backup is not None else None
+    if plan_file is not None and plan_file.exists():
+        planned = int(json.loads(plan_file.read_text())["epochs"])
+        logger.info("Resumed run keeps its plan of %d epochs", planned)
+    else:
+        probe_steps = 10
+        probe_data = make_dataset(
+            train_images[: batch_size * (probe_steps + 1)],
+            _first(y_train, batch_size * (probe_steps + 1)),
+            batch_size,
+            shuffle=False,
+            seed=training["seed"],
+        )
+        seconds = measure_epoch_seconds(
+            probe, probe_data, -(-len(train_images) // batch_size), -(-val_count // batch_size), probe_steps
+        )
+        planned = plan_epochs(epochs, seconds, budget)
+        (logger.warning if planned < epochs else logger.info)(
+            "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit",
+            budget,
+            seconds,
+            planned,
+            epochs,
+        )
+        if plan_file is not None:
+            plan_file.parent.mkdir(parents=True, exist_ok=True)
+            plan_file.write_text(json.dumps({"epochs": planned, "seconds_per_epoch": seconds}))
+    if planned == epochs:
+        return training
+    start = int(training.get("early_stopping_start_epoch") or 0)
+    return {**training, "epochs": planned, "early_stopping_start_epoch": start * planned // epochs}
+
+
 def train_model(
     train_images: np.ndarray,
     train_labels: pd.DataFrame,
@@ -287,7 +411,8 @@ def train_model(
     Returns the model with the best validation weights and its per-epoch history
     (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
     A run that stops half-way resumes from its last finished epoch when started again
-    (``training.backup_dir``).
+    (``training.backup_dir``). With ``training.time_budget_minutes`` the epochs are cut to
+    what fits in that time on this machine (measured before training starts).
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
     target = task["target"]
@@ -298,38 +423,44 @@ def train_model(
     options = _builder_options(model_options, train_labels, target)
     auxiliary = options["auxiliary"]
     precision = resolve_precision(training.get("precision"))
-    learning_rate = _learning_rate(training, steps_per_epoch)
     input_shape = tuple(train_images.shape[1:])
     resizing = _progressive_resizing(training, input_shape)
     # While the side of training images changes, the network takes any side.
     training_shape = (None, None, input_shape[-1]) if resizing else input_shape
-    try:
-        model = build_model(
-            architecture, training_shape, target, learning_rate=learning_rate, precision=precision, **options
-        )
-    except ValueError as error:
-        if not resizing:
-            raise
-        raise ValueError(
-            f"training.progressive_resizing needs a network that takes any image size (global pooling); "
-            f"{architecture} does not: {error}"
-        ) from error
-    if isinstance(model.output, dict):
-        # Extra training-only outputs: the age bins of the "distribution" loss take the main
-        # labels, auxiliary tasks their own column.
-        y_train = _output_targets(train_labels, list(model.output), target)
-        y_val = _output_targets(val_labels, list(model.output), target)
-    else:
-        y_train, y_val = _targets(train_labels, target), _targets(val_labels, target)
-    train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
-    val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
-    if resizing:
-        train_data = resizing.resize(train_data)
+
+    def build(learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> keras.Model:
+        try:
+            return build_model(
+                architecture, training_shape, target, learning_rate=learning_rate, precision=precision, **options
+            )
+        except ValueError as error:
+            if not resizing:
+                raise
+            raise ValueError(
+                f"training.progressive_resizing needs a network that takes any image size (global pooling); "
+                f"{architecture} does not: {error}"
+            ) from error
+
+    # The backup folder is named by the parameters as given, so a resumed run finds it.
     backup = (
         backup_path(training["backup_dir"], model_options, training, train_images.shape)
         if training.get("backup_dir")
         else None
     )
+    if training.get("time_budget_minutes"):
+        # A throwaway model of the same design times a few training steps on this machine.
+        probe = build(float(training["learning_rate"]))
+        training = _fit_in_budget(
+            training, probe, train_images, _model_targets(probe, train_labels, target), len(val_images), backup
+        )
+        keras.utils.set_random_seed(training["seed"])  # the same initial weights as without a budget
+    learning_rate = _learning_rate(training, steps_per_epoch)
+    model = build(learning_rate)
+    y_train, y_val = _model_targets(model, train_labels, target), _model_targets(model, val_labels, target)
+    train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
+    val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
+    if resizing:
+        train_data = resizing.resize(train_data)
     # Auxiliary tasks help training but do not decide which weights are best.
     callbacks = _callbacks(training, target, backup, f"val_{target}_loss" if auxiliary else "val_loss")
     if resizing:
