@@ -8,6 +8,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +163,15 @@ def measure_epoch_seconds(
     train_data: tf.data.Dataset,
     steps_per_epoch: int,
     val_steps: int,
-    probe_steps: int = 10,
+    probe_steps: int = 12,
+    warmup_steps: int = 3,
 ) -> float:
     """Seconds one epoch of ``steps_per_epoch`` training and ``val_steps`` validation batches takes here.
 
-    Times ``probe_steps`` training steps of ``probe``, a throwaway model, after a first
-    (graph-tracing) step, repeating the batches if there are fewer, and takes the median step;
-    a validation step counts as a third of a training step (a forward pass only).
+    Times ``probe_steps`` training steps of ``probe``, a throwaway model, after ``warmup_steps``
+    (graph tracing, first use of each kernel), repeating the batches if there are fewer, and
+    takes the median step; a validation step counts as a third of a training step (a forward
+    pass only).
     """
     ends: list[float] = []
 
@@ -176,10 +179,11 @@ def measure_epoch_seconds(
         def on_train_batch_end(self, batch, logs=None):
             ends.append(time.perf_counter())
 
-    probe.fit(train_data.repeat().take(probe_steps + 1), epochs=1, shuffle=False, verbose=0, callbacks=[StepTimer()])
-    if len(ends) < 2:
+    steps = train_data.repeat().take(warmup_steps + probe_steps)
+    probe.fit(steps, epochs=1, shuffle=False, verbose=0, callbacks=[StepTimer()])
+    if not ends:
         raise ValueError("measuring an epoch needs training batches; the data set is empty")
-    step = float(np.median(np.diff(ends)))
+    step = float(np.median(np.diff(ends[max(0, warmup_steps - 1) :])))
     return step * (steps_per_epoch + val_steps / 3)
 
 
@@ -343,15 +347,24 @@ def _first(data: np.ndarray | dict[str, np.ndarray], count: int) -> np.ndarray |
     return {name: values[:count] for name, values in data.items()} if isinstance(data, dict) else data[:count]
 
 
+def _plan_file(backup: Path | None) -> Path | None:
+    """Where a budgeted run keeps its planned epochs until it finishes: beside its backup."""
+    return backup.with_name(f"{backup.name}.epochs_planned.json") if backup is not None else None
+
+
 def _fit_in_budget(
     training: dict[str, Any],
-    probe: keras.Model,
+    build: Callable[[], keras.Model],
     train_images: np.ndarray,
-    y_train: np.ndarray | dict[str, np.ndarray],
+    train_labels: pd.DataFrame,
+    target: str,
     val_count: int,
     backup: Path | None,
 ) -> dict[str, Any]:
     """``training`` with as many epochs as fit in ``time_budget_minutes`` on this machine.
+
+    A throwaway model from ``build`` times a few training steps; the random seeds are then
+    reset, so the model trained afterwards starts from the same weights as without a budget.
 
     The schedule, early stopping's start and weight averaging follow the planned epochs, so
     a shortened run still decays its learning rate to the end. A resumed run keeps the plan
@@ -361,21 +374,21 @@ def _fit_in_budget(
     if not budget:
         return training
     batch_size = int(training["batch_size"])
-    plan_file = backup / "epochs_planned.json" if backup is not None else None
+    plan_file = _plan_file(backup)
     if plan_file is not None and plan_file.exists():
         planned = int(json.loads(plan_file.read_text())["epochs"])
         logger.info("Resumed run keeps its plan of %d epochs", planned)
     else:
-        probe_steps = 10
+        probe, probe_images = build(), 16 * batch_size
         probe_data = make_dataset(
-            train_images[: batch_size * (probe_steps + 1)],
-            _first(y_train, batch_size * (probe_steps + 1)),
+            train_images[:probe_images],
+            _first(_model_targets(probe, train_labels, target), probe_images),
             batch_size,
             shuffle=False,
             seed=training["seed"],
         )
         seconds = measure_epoch_seconds(
-            probe, probe_data, -(-len(train_images) // batch_size), -(-val_count // batch_size), probe_steps
+            probe, probe_data, -(-len(train_images) // batch_size), -(-val_count // batch_size)
         )
         planned = plan_epochs(epochs, seconds, budget)
         (logger.warning if planned < epochs else logger.info)(
@@ -388,6 +401,7 @@ def _fit_in_budget(
         if plan_file is not None:
             plan_file.parent.mkdir(parents=True, exist_ok=True)
             plan_file.write_text(json.dumps({"epochs": planned, "seconds_per_epoch": seconds}))
+        keras.utils.set_random_seed(training["seed"])
     if planned == epochs:
         return training
     start = int(training.get("early_stopping_start_epoch") or 0)
@@ -411,7 +425,7 @@ def train_model(
     Returns the model with the best validation weights and its per-epoch history
     (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
     A run that stops half-way resumes from its last finished epoch when started again
-    (``training.backup_dir``). With ``training.time_budget_minutes`` the epochs are cut to
+    (``training.backup_dir``), with the epochs it planned. With ``training.time_budget_minutes`` the epochs are cut to
     what fits in that time on this machine (measured before training starts).
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
@@ -448,12 +462,15 @@ def train_model(
         else None
     )
     if training.get("time_budget_minutes"):
-        # A throwaway model of the same design times a few training steps on this machine.
-        probe = build(float(training["learning_rate"]))
         training = _fit_in_budget(
-            training, probe, train_images, _model_targets(probe, train_labels, target), len(val_images), backup
+            training,
+            lambda: build(float(training["learning_rate"])),
+            train_images,
+            train_labels,
+            target,
+            len(val_images),
+            backup,
         )
-        keras.utils.set_random_seed(training["seed"])  # the same initial weights as without a budget
     learning_rate = _learning_rate(training, steps_per_epoch)
     model = build(learning_rate)
     y_train, y_val = _model_targets(model, train_labels, target), _model_targets(model, val_labels, target)
@@ -482,6 +499,8 @@ def train_model(
         shuffle=False,  # train_data reshuffles itself every epoch
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
+    if (plan_file := _plan_file(backup)) is not None:
+        plan_file.unlink(missing_ok=True)  # finished: the next run plans afresh
     if precision != "float32" or resizing:
         # Served in float32 and at the input size of the data: the same network with the trained
         # weights (variables are float32 already), so predictions do not depend on 16-bit
