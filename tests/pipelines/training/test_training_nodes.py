@@ -181,8 +181,7 @@ class Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path, monkeypatch):
-    params = training_params(tmp_path, epochs=4)
+def train_until_killed_after_second_epoch(data, params: dict, monkeypatch) -> None:
     original = nodes.EpochLog.on_epoch_end
 
     def crash_after_second_epoch(self, epoch, logs=None):
@@ -194,6 +193,11 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path,
     with pytest.raises(Interrupted):
         train_model(*data, {"target": "gender"}, MODEL, params)
     monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", original)
+
+
+def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path, monkeypatch):
+    params = training_params(tmp_path, epochs=4)
+    train_until_killed_after_second_epoch(data, params, monkeypatch)
 
     # Another configuration does not pick up that backup (its weights would not fit)...
     other = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "dense_units": 4}}
@@ -371,17 +375,7 @@ def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, ca
 def test_a_resumed_run_keeps_its_planned_epochs(data, tmp_path, monkeypatch):
     params = training_params(tmp_path, epochs=6, time_budget_minutes=2)
     monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 30.0)  # 4 of 6 epochs
-    original = nodes.EpochLog.on_epoch_end
-
-    def crash_after_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:
-            raise Interrupted
-
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", crash_after_second_epoch)
-    with pytest.raises(Interrupted):
-        train_model(*data, {"target": "gender"}, MODEL, params)
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", original)
+    train_until_killed_after_second_epoch(data, params, monkeypatch)
     # The machine now seems slower (1 epoch would fit), but the resumed run finishes its plan: epochs 2-4.
     monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 100.0)
     _, history = train_model(*data, {"target": "gender"}, MODEL, params)
