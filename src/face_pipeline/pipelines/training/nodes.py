@@ -358,6 +358,7 @@ def _fit_in_budget(
     train_images: np.ndarray,
     train_labels: pd.DataFrame,
     target: str,
+    steps_per_epoch: int,
     val_count: int,
     backup: Path | None,
 ) -> dict[str, Any]:
@@ -370,9 +371,7 @@ def _fit_in_budget(
     a shortened run still decays its learning rate to the end. A resumed run keeps the plan
     it started with (kept beside its backup).
     """
-    budget, epochs = training.get("time_budget_minutes"), int(training["epochs"])
-    if not budget:
-        return training
+    budget, epochs = training["time_budget_minutes"], int(training["epochs"])
     batch_size = int(training["batch_size"])
     plan_file = _plan_file(backup)
     if plan_file is not None and plan_file.exists():
@@ -387,9 +386,7 @@ def _fit_in_budget(
             shuffle=False,
             seed=training["seed"],
         )
-        seconds = measure_epoch_seconds(
-            probe, probe_data, -(-len(train_images) // batch_size), -(-val_count // batch_size)
-        )
+        seconds = measure_epoch_seconds(probe, probe_data, steps_per_epoch, -(-val_count // batch_size))
         planned = plan_epochs(epochs, seconds, budget)
         (logger.warning if planned < epochs else logger.info)(
             "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit",
@@ -425,8 +422,8 @@ def train_model(
     Returns the model with the best validation weights and its per-epoch history
     (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
     A run that stops half-way resumes from its last finished epoch when started again
-    (``training.backup_dir``), with the epochs it planned. With ``training.time_budget_minutes`` the epochs are cut to
-    what fits in that time on this machine (measured before training starts).
+    (``training.backup_dir``), with the epochs it planned. With ``training.time_budget_minutes``
+    the epochs are cut to what fits in that time on this machine (measured before training).
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
     target = task["target"]
@@ -468,6 +465,7 @@ def train_model(
             train_images,
             train_labels,
             target,
+            steps_per_epoch,
             len(val_images),
             backup,
         )
