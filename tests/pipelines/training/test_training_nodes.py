@@ -308,16 +308,29 @@ def test_progressive_resizing_trains_small_and_serves_the_full_size(data, tmp_pa
         return resize(self, dataset).map(record)
 
     monkeypatch.setattr(nodes.ProgressiveResizing, "resize", recording)
+    starts = []
+
+    class RecordingEarlyStopping(keras.callbacks.EarlyStopping):
+        def __init__(self, **kwargs):
+            starts.append(kwargs["start_from_epoch"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", RecordingEarlyStopping)
     model_options = {**MODEL, "mirror_average": True}
-    params = training_params(epochs=3, progressive_resizing={"size": 16, "epochs": 2})
+    params = training_params(
+        epochs=3,
+        progressive_resizing={"size": 16, "epochs": 2},
+        early_stopping_patience=5,
+        early_stopping_start_epoch=1,
+    )
     with caplog.at_level("INFO", logger=nodes.__name__):
         model, history = train_model(*data, {"target": "gender"}, model_options, params)
     assert "Epochs 1-2 train on 16 px images, later epochs on 32 px" in caplog.text
     assert len(history["loss"]) == 3
-    batches_per_epoch = len(data[0]) // params["batch_size"]
-    assert sides[: 2 * batches_per_epoch] == [16] * (2 * batches_per_epoch)
-    assert sides.count(SIZE) >= batches_per_epoch and sides[-1] == SIZE
-    # Served at the size of the data, validated at full size all along.
+    # 4 training and 2 validation batches per epoch: small epochs are validated small too.
+    assert sides == [16] * 12 + [SIZE] * 6
+    assert starts == [2]  # early stopping compares full-size epochs only
+    # Served at the size of the data.
     assert model.input_shape == (None, SIZE, SIZE, 1)
     model.save(tmp_path / "model.keras")
     predictions = keras.saving.load_model(tmp_path / "model.keras").predict(data[2], verbose=0).ravel()
@@ -332,9 +345,14 @@ def test_progressive_resizing_needs_a_network_that_takes_any_size(data):
         train_model(*data, {"target": "gender"}, seed_options, params)
     with pytest.raises(ValueError, match=r"progressive_resizing\.size must be between 1 and 31"):
         train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 32, "epochs": 1}))
-    # Off when no epochs are given.
-    model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16}))
-    assert model.input_shape == (None, SIZE, SIZE, 1)
+    with pytest.raises(ValueError, match=r"progressive_resizing\.epochs must be a number or auto, got 'some'"):
+        train_model(
+            *data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16, "epochs": "some"})
+        )
+    # Off when no epochs are given, and "auto" without a time budget has nothing to fit.
+    for settings in ({"size": 16}, {"size": 16, "epochs": "auto"}):
+        model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing=settings))
+        assert model.input_shape == (None, SIZE, SIZE, 1)
 
 
 @pytest.mark.parametrize(
@@ -345,21 +363,52 @@ def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budg
     assert nodes.plan_epochs(epochs, seconds, budget) == planned
 
 
-def test_measuring_an_epoch_times_training_steps(data):
+@pytest.mark.parametrize(
+    ("epochs", "full", "small", "budget", "full_size_epochs", "planned"),
+    [
+        (18, 100.0, 30.0, 34, 3, (18, 0)),  # every epoch fits at full size
+        (18, 150.0, 50.0, 34, 3, (18, 7)),  # 7 small + 11 full = 2000 s of 2040
+        (18, 340.0, 105.0, 34, 3, (12, 9)),  # even 15 small + 3 full overrun: 9 small + 3 full
+        (18, 340.0, 105.0, 34, 0, (18, 18)),  # nothing kept at full size
+        (18, 800.0, 200.0, 34, 3, (2, 0)),  # not even the full-size epochs fit: epochs are cut
+        (18, 340.0, 400.0, 34, 3, (6, 0)),  # small images that are not faster change nothing
+    ],
+)
+def test_plan_resized_epochs_shrinks_images_before_cutting_epochs(
+    epochs, full, small, budget, full_size_epochs, planned
+):
+    assert nodes.plan_resized_epochs(epochs, full, small, budget, full_size_epochs) == planned
+    total, shrunk = planned
+    assert shrunk * small + (total - shrunk) * full <= budget * 60 or total == 2
+
+
+def test_measuring_a_step_times_training_steps(data):
     images, labels = data[0], data[1]
     probe = build_model("default_cnn", images.shape[1:], "gender", **MODEL["default_cnn"])
     dataset = make_dataset(images, labels["gender"].to_numpy(np.float32), 8, shuffle=False, seed=0)
-    seconds = nodes.measure_epoch_seconds(probe, dataset, steps_per_epoch=1000, val_steps=300, probe_steps=4)
-    assert 0 < seconds < 1000  # 1,100 step-equivalents of a tiny network: well under a second each
+    assert 0 < nodes.measure_step_seconds(probe, dataset, probe_steps=4) < 1  # a tiny network
     # One batch is timed again and again; no batch at all cannot be timed.
-    assert nodes.measure_epoch_seconds(probe, dataset.take(1), steps_per_epoch=10, val_steps=0) > 0
+    assert nodes.measure_step_seconds(probe, dataset.take(1)) > 0
     with pytest.raises(ValueError, match="data set is empty"):
-        nodes.measure_epoch_seconds(probe, dataset.take(0), steps_per_epoch=10, val_steps=0)
+        nodes.measure_step_seconds(probe, dataset.take(0))
+
+
+def fake_step_seconds(full: float, small: float | None = None):
+    """A machine where a training step takes ``full`` seconds at full size and ``small`` on smaller images.
+
+    The test data (64 training and 32 validation images, batches of 16) make an epoch 4 training
+    steps and 2 validation steps, each a third of a full-size training step.
+    """
+
+    def measure(probe, dataset, **kwargs):
+        return full if dataset.element_spec[0].shape[1] == SIZE else small
+
+    return measure
 
 
 def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, caplog):
-    # 30 s per epoch in a 1-minute budget: 2 of 6 epochs.
-    monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 30.0)
+    # 6 s per step: 28 s per epoch in a 1-minute budget, 2 of 6 epochs.
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))
     params = training_params(
         tmp_path, epochs=6, time_budget_minutes=1, early_stopping_patience=1, early_stopping_start_epoch=3
     )
@@ -374,10 +423,10 @@ def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, ca
 
 def test_a_resumed_run_keeps_its_planned_epochs(data, tmp_path, monkeypatch):
     params = training_params(tmp_path, epochs=6, time_budget_minutes=2)
-    monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 30.0)  # 4 of 6 epochs
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))  # 28 s epochs: 4 of 6
     train_until_killed_after_second_epoch(data, params, monkeypatch)
     # The machine now seems slower (1 epoch would fit), but the resumed run finishes its plan: epochs 2-4.
-    monkeypatch.setattr(nodes, "measure_epoch_seconds", lambda *args, **kwargs: 100.0)
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(30.0))
     _, history = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == 3
 
@@ -397,6 +446,40 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun(monkeypatch, caplog
     # After 40 s another 40 fits in 130; after 90 s another epoch as long as the longest (50) does not.
     assert stopped == [False, True, True]
     assert "Stopping after epoch 2" in caplog.text
+
+
+def test_time_limit_expects_a_full_size_epoch_to_last_as_planned(monkeypatch):
+    clock = iter([0.0, 0.0, 40.0, 40.0, 80.0])  # two small epochs of 40 s
+    monkeypatch.setattr(nodes.time, "perf_counter", lambda: next(clock))
+    limit = nodes.TimeLimit(seconds=130, epoch_seconds=[40.0, 40.0, 100.0])
+    model = types.SimpleNamespace(stop_training=False)
+    limit.set_model(model)
+    limit.on_train_begin()
+    stopped = []
+    for epoch in range(2):
+        limit.on_epoch_begin(epoch)
+        limit.on_epoch_end(epoch)
+        stopped.append(model.stop_training)
+    # 80 s + another 40 s epoch would fit, but the third epoch is a full-size one of 100 s.
+    assert stopped == [False, True]
+
+
+@pytest.mark.parametrize(("full_step", "small_epochs"), [(6.0, 3), (0.1, 0)])
+def test_a_time_budget_shrinks_the_first_epochs_on_a_slow_machine(data, monkeypatch, caplog, full_step, small_epochs):
+    # Full-size epochs of 28 s, small ones of (4 + 2 / 3) x 1.5 = 7 s: 4 epochs fit in a minute
+    # with the first 3 small. On a fast machine (0.1 s steps) every epoch stays at full size.
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(full_step, full_step / 4))
+    resizing = {"size": 16, "epochs": "auto", "full_size_epochs": 1}
+    params = training_params(epochs=4, time_budget_minutes=1, progressive_resizing=resizing)
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        model, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert len(history["loss"]) == 4
+    assert model.input_shape == (None, SIZE, SIZE, 1)
+    if small_epochs:
+        assert "4 of 4 epochs fit, the first 3 on 16 px images (~7 s each)" in caplog.text
+        assert "Epochs 1-3 train on 16 px images, later epochs on 32 px" in caplog.text
+    else:
+        assert "4 of 4 epochs fit" in caplog.text and "train on 16 px" not in caplog.text
 
 
 def test_a_budget_with_room_for_every_epoch_trains_the_same_model(data):

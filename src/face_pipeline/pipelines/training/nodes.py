@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -158,20 +159,34 @@ def plan_epochs(epochs: int, seconds_per_epoch: float, budget_minutes: float | N
     return max(1, min(int(epochs), int(budget_minutes * 60 // max(seconds_per_epoch, 1e-9))))
 
 
-def measure_epoch_seconds(
-    probe: keras.Model,
-    train_data: tf.data.Dataset,
-    steps_per_epoch: int,
-    val_steps: int,
-    probe_steps: int = 12,
-    warmup_steps: int = 3,
-) -> float:
-    """Seconds one epoch of ``steps_per_epoch`` training and ``val_steps`` validation batches takes here.
+def plan_resized_epochs(
+    epochs: int, full_seconds: float, small_seconds: float, budget_minutes: float, full_size_epochs: int
+) -> tuple[int, int]:
+    """``(epochs, of which on small images)`` that fit in ``budget_minutes``.
 
-    Times ``probe_steps`` training steps of ``probe``, a throwaway model, after ``warmup_steps``
-    (graph tracing, first use of each kernel), repeating the batches if there are fewer, and
-    takes the median step; a validation step counts as a third of a training step (a forward
-    pass only).
+    Every epoch stays at full size while all fit. Otherwise the first epochs shrink, as few as
+    needed, keeping the last ``full_size_epochs`` at full size; only when even that does not
+    fit are epochs cut (small ones first). A smaller picture costs less than a missing epoch:
+    a network stopped after a few epochs of its schedule is far from trained.
+    """
+    epochs, budget = int(epochs), budget_minutes * 60
+    keep = min(int(full_size_epochs), epochs)
+    if epochs * full_seconds <= budget or small_seconds >= full_seconds or keep * full_seconds > budget:
+        return plan_epochs(epochs, full_seconds, budget_minutes), 0
+    small = math.ceil((epochs * full_seconds - budget) / (full_seconds - small_seconds))
+    if small <= epochs - keep:
+        return epochs, small
+    small = int((budget - keep * full_seconds) // small_seconds)
+    return keep + small, small
+
+
+def measure_step_seconds(
+    probe: keras.Model, train_data: tf.data.Dataset, probe_steps: int = 12, warmup_steps: int = 3
+) -> float:
+    """Seconds one training step of ``probe``, a throwaway model, takes here on ``train_data``'s batches.
+
+    Times ``probe_steps`` steps after ``warmup_steps`` (graph tracing, first use of each kernel),
+    repeating the batches if there are fewer, and takes the median.
     """
     ends: list[float] = []
 
@@ -182,21 +197,23 @@ def measure_epoch_seconds(
     steps = train_data.repeat().take(warmup_steps + probe_steps)
     probe.fit(steps, epochs=1, shuffle=False, verbose=0, callbacks=[StepTimer()])
     if not ends:
-        raise ValueError("measuring an epoch needs training batches; the data set is empty")
-    step = float(np.median(np.diff(ends[max(0, warmup_steps - 1) :])))
-    return step * (steps_per_epoch + val_steps / 3)
+        raise ValueError("measuring a training step needs training batches; the data set is empty")
+    return float(np.median(np.diff(ends[max(0, warmup_steps - 1) :])))
 
 
 class TimeLimit(keras.callbacks.Callback):
     """Stops training before an epoch that would end more than ``seconds`` after training began.
 
-    Judged by the longest epoch so far; a guard behind the planned epochs of
-    ``training.time_budget_minutes``, for machines that slow down during a run.
+    The next epoch is taken to last as long as the longest so far, or as long as planned
+    (``epoch_seconds``, one per epoch; a full-size epoch after small ones) if that is longer.
+    A guard behind the planned epochs of ``training.time_budget_minutes``, for machines that
+    slow down during a run.
     """
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, epoch_seconds: list[float] | None = None):
         super().__init__()
         self.seconds = float(seconds)
+        self.epoch_seconds = list(epoch_seconds or [])
 
     def on_train_begin(self, logs=None):
         self._started, self._longest = time.perf_counter(), 0.0
@@ -207,12 +224,14 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         self._longest = max(self._longest, now - self._epoch_started)
-        if not self.model.stop_training and now - self._started + self._longest > self.seconds:
+        planned = self.epoch_seconds[epoch + 1] if epoch + 1 < len(self.epoch_seconds) else 0.0
+        expected = max(self._longest, planned)
+        if not self.model.stop_training and now - self._started + expected > self.seconds:
             self.model.stop_training = True
             logger.warning(
                 "Stopping after epoch %d: another epoch (up to %.0f s) would overrun the time budget of %.0f min",
                 epoch + 1,
-                self._longest,
+                expected,
                 self.seconds / 60,
             )
 
@@ -256,9 +275,10 @@ class ProgressiveResizing(keras.callbacks.Callback):
     """The first ``epochs`` epochs train on images shrunk to ``size`` pixels, the rest at full size.
 
     Progressive resizing (fast.ai; EfficientNetV2): a small image costs about ``(size / full)**2``
-    of the compute, so the same time holds more epochs, and the last epochs, every validation
-    pass and the batch-norm re-estimation see full-size faces. The training batches of
-    ``resize`` read the current side when each epoch's iterator starts, after ``on_epoch_begin``.
+    of the compute, so the same time holds more epochs, and the last epochs and the batch-norm
+    re-estimation see full-size faces. Batches of ``resize`` (training and validation) read the
+    current side when each epoch's iterators start, after ``on_epoch_begin``: a small epoch is
+    validated on small images, a full-size one at full size.
     """
 
     def __init__(self, size: int, epochs: int, full_size: int):
@@ -291,7 +311,11 @@ class ProgressiveResizing(keras.callbacks.Callback):
 
 
 def _callbacks(
-    training: dict[str, Any], target: str, backup: Path | None, monitored: str
+    training: dict[str, Any],
+    target: str,
+    backup: Path | None,
+    monitored: str,
+    epoch_seconds: list[float] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """Epoch log, backup, early stopping and plateau schedule on ``monitored``, weight averaging."""
     callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
@@ -316,7 +340,7 @@ def _callbacks(
             keras.callbacks.ReduceLROnPlateau(monitor=monitored, mode="min", factor=0.3, patience=2, min_lr=1e-5)
         )
     if training.get("time_budget_minutes"):
-        callbacks.append(TimeLimit(float(training["time_budget_minutes"]) * 60))
+        callbacks.append(TimeLimit(float(training["time_budget_minutes"]) * 60, epoch_seconds))
     return callbacks
 
 
@@ -336,11 +360,21 @@ def _builder_options(model_options: dict[str, Any], train_labels: pd.DataFrame, 
     return options
 
 
+def _resized_epochs(training: dict[str, Any]) -> int | str:
+    """``progressive_resizing.epochs``: a number (0 = off) or ``"auto"``."""
+    epochs = (training.get("progressive_resizing") or {}).get("epochs") or 0
+    if str(epochs).lower() == "auto":
+        return "auto"
+    if isinstance(epochs, str) and not epochs.isdigit():
+        raise ValueError(f"progressive_resizing.epochs must be a number or auto, got {epochs!r}")
+    return int(epochs)
+
+
 def _progressive_resizing(training: dict[str, Any], input_shape: tuple) -> ProgressiveResizing | None:
-    settings = training.get("progressive_resizing") or {}
-    if not int(settings.get("epochs") or 0):
+    epochs = _resized_epochs(training)
+    if epochs == "auto" or not epochs:
         return None
-    return ProgressiveResizing(settings["size"], settings["epochs"], full_size=input_shape[0])
+    return ProgressiveResizing(training["progressive_resizing"]["size"], epochs, full_size=input_shape[0])
 
 
 def _first(data: np.ndarray | dict[str, np.ndarray], count: int) -> np.ndarray | dict[str, np.ndarray]:
@@ -352,57 +386,96 @@ def _plan_file(backup: Path | None) -> Path | None:
     return backup.with_name(f"{backup.name}.epochs_planned.json") if backup is not None else None
 
 
-def _fit_in_budget(
-    training: dict[str, Any],
-    build: Callable[[], keras.Model],
+def _probe_epoch_seconds(
+    build: Callable[[tuple], keras.Model],
     train_images: np.ndarray,
     train_labels: pd.DataFrame,
     target: str,
-    steps_per_epoch: int,
+    training: dict[str, Any],
+    small_side: int | None,
     val_count: int,
-    backup: Path | None,
-) -> dict[str, Any]:
-    """``training`` with as many epochs as fit in ``time_budget_minutes`` on this machine.
+) -> tuple[float, float]:
+    """Seconds an epoch takes here at full size and, given ``small_side``, on images shrunk to it.
 
-    A throwaway model from ``build`` times a few training steps; the random seeds are then
-    reset, so the model trained afterwards starts from the same weights as without a budget.
+    Throwaway networks from ``build`` (given an input shape) time a few training steps. An
+    epoch is validated at the size it trains at; a validation step counts as a third of a
+    training step (a forward pass only).
+    """
+    batch_size = int(training["batch_size"])
+    steps_per_epoch, val_steps = -(-len(train_images) // batch_size), -(-val_count // batch_size)
+    probe_images = np.asarray(train_images[: 16 * batch_size])
+    full_probe = build(probe_images.shape[1:])
+    targets = _first(_model_targets(full_probe, train_labels, target), len(probe_images))
+
+    def step_seconds(probe: keras.Model, images: np.ndarray) -> float:
+        return measure_step_seconds(probe, make_dataset(images, targets, batch_size, shuffle=False, seed=0))
+
+    full_step = step_seconds(full_probe, probe_images)
+    full = full_step * (steps_per_epoch + val_steps / 3)
+    if not small_side:
+        return full, full
+    shrunk = tf.cast(tf.round(tf.image.resize(probe_images, [small_side, small_side], antialias=True)), tf.uint8)
+    small_step = step_seconds(build((None, None, probe_images.shape[-1])), shrunk.numpy())
+    return full, small_step * (steps_per_epoch + val_steps / 3)
+
+
+def _fit_in_budget(
+    training: dict[str, Any],
+    probe: Callable[[int | None], tuple[float, float]],
+    backup: Path | None,
+) -> tuple[dict[str, Any], list[float]]:
+    """``training`` planned to fit ``time_budget_minutes`` on this machine, and the seconds planned per epoch.
+
+    ``probe(small_side)`` measures the seconds of an epoch at full size and on small images
+    (``_probe_epoch_seconds``); the random seeds are then reset, so the model trained afterwards
+    starts from the same weights as without a budget. With ``progressive_resizing.epochs: auto``
+    the first epochs shrink their images when not all fit at full size
+    (``plan_resized_epochs``); otherwise epochs are cut (``plan_epochs``).
 
     The schedule, early stopping's start and weight averaging follow the planned epochs, so
-    a shortened run still decays its learning rate to the end. A resumed run keeps the plan
-    it started with (kept beside its backup).
+    a shortened run still decays its learning rate to the end. A resumed run keeps the plan it started with (kept
+    beside its backup).
     """
     budget, epochs = training["time_budget_minutes"], int(training["epochs"])
-    batch_size = int(training["batch_size"])
+    resizing = dict(training.get("progressive_resizing") or {})
+    resized = _resized_epochs(training)
     plan_file = _plan_file(backup)
     if plan_file is not None and plan_file.exists():
-        planned = int(json.loads(plan_file.read_text())["epochs"])
-        logger.info("Resumed run keeps its plan of %d epochs", planned)
+        plan = json.loads(plan_file.read_text())
+        logger.info("Resumed run keeps its plan of %d epochs", plan["epochs"])
     else:
-        probe, probe_images = build(), 16 * batch_size
-        probe_data = make_dataset(
-            train_images[:probe_images],
-            _first(_model_targets(probe, train_labels, target), probe_images),
-            batch_size,
-            shuffle=False,
-            seed=training["seed"],
-        )
-        seconds = measure_epoch_seconds(probe, probe_data, steps_per_epoch, -(-val_count // batch_size))
-        planned = plan_epochs(epochs, seconds, budget)
-        (logger.warning if planned < epochs else logger.info)(
-            "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit",
+        full, small = probe(int(resizing["size"]) if resized else None)
+        if resized == "auto":
+            full_size_epochs = int(resizing.get("full_size_epochs") or 0)
+            planned, small_epochs = plan_resized_epochs(epochs, full, small, budget, full_size_epochs)
+        else:
+            planned = plan_epochs(epochs, (resized * small + (epochs - resized) * full) / epochs, budget)
+            small_epochs = resized * planned // epochs
+        plan = {
+            "epochs": planned,
+            "small_epochs": small_epochs,
+            "epoch_seconds": [small] * small_epochs + [full] * (planned - small_epochs),
+        }
+        shrunk = f", the first {small_epochs} on {resizing.get('size')} px images (~{small:.0f} s each)"
+        (logger.warning if planned < epochs or small_epochs else logger.info)(
+            "Time budget %s min: a full-size epoch takes about %.0f s here, so %d of %d epochs fit%s",
             budget,
-            seconds,
+            full,
             planned,
             epochs,
+            shrunk if small_epochs else "",
         )
         if plan_file is not None:
             plan_file.parent.mkdir(parents=True, exist_ok=True)
-            plan_file.write_text(json.dumps({"epochs": planned, "seconds_per_epoch": seconds}))
+            plan_file.write_text(json.dumps(plan))
         keras.utils.set_random_seed(training["seed"])
-    if planned == epochs:
-        return training
-    start = int(training.get("early_stopping_start_epoch") or 0)
-    return {**training, "epochs": planned, "early_stopping_start_epoch": start * planned // epochs}
+    planned, small_epochs = int(plan["epochs"]), int(plan["small_epochs"])
+    if resizing:
+        training = {**training, "progressive_resizing": {**resizing, "epochs": small_epochs}}
+    if planned != epochs or small_epochs:
+        start = int(training.get("early_stopping_start_epoch") or 0) * planned // epochs
+        training = {**training, "epochs": planned, "early_stopping_start_epoch": start}
+    return training, [float(seconds) for seconds in plan["epoch_seconds"]]
 
 
 def train_model(
@@ -435,17 +508,12 @@ def train_model(
     auxiliary = options["auxiliary"]
     precision = resolve_precision(training.get("precision"))
     input_shape = tuple(train_images.shape[1:])
-    resizing = _progressive_resizing(training, input_shape)
-    # While the side of training images changes, the network takes any side.
-    training_shape = (None, None, input_shape[-1]) if resizing else input_shape
 
-    def build(learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> keras.Model:
+    def build(shape: tuple, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> keras.Model:
         try:
-            return build_model(
-                architecture, training_shape, target, learning_rate=learning_rate, precision=precision, **options
-            )
+            return build_model(architecture, shape, target, learning_rate=learning_rate, precision=precision, **options)
         except ValueError as error:
-            if not resizing:
+            if tuple(shape) == input_shape:
                 raise
             raise ValueError(
                 f"training.progressive_resizing needs a network that takes any image size (global pooling); "
@@ -458,26 +526,39 @@ def train_model(
         if training.get("backup_dir")
         else None
     )
+    epoch_seconds = None
     if training.get("time_budget_minutes"):
-        training = _fit_in_budget(
-            training,
-            lambda: build(float(training["learning_rate"])),
-            train_images,
-            train_labels,
-            target,
-            steps_per_epoch,
-            len(val_images),
-            backup,
-        )
+        rate = float(training["learning_rate"])
+
+        def probe(small_side: int | None) -> tuple[float, float]:
+            return _probe_epoch_seconds(
+                lambda shape: build(shape, rate),
+                train_images,
+                train_labels,
+                target,
+                training,
+                small_side,
+                len(val_images),
+            )
+
+        training, epoch_seconds = _fit_in_budget(training, probe, backup)
+    resizing = _progressive_resizing(training, input_shape)
+    # While the side of training images changes, the network takes any side.
+    training_shape = (None, None, input_shape[-1]) if resizing else input_shape
     learning_rate = _learning_rate(training, steps_per_epoch)
-    model = build(learning_rate)
+    model = build(training_shape, learning_rate)
     y_train, y_val = _model_targets(model, train_labels, target), _model_targets(model, val_labels, target)
     train_data = make_dataset(train_images, y_train, batch_size, shuffle=True, seed=training["seed"])
     val_data = make_dataset(val_images, y_val, batch_size, shuffle=False, seed=training["seed"])
+    fit_val_data = val_data
     if resizing:
-        train_data = resizing.resize(train_data)
+        train_data, fit_val_data = resizing.resize(train_data), resizing.resize(val_data)
+        # Validation follows the training size: early stopping compares full-size epochs only.
+        start = max(int(training.get("early_stopping_start_epoch") or 0), resizing.epochs)
+        training = {**training, "early_stopping_start_epoch": start}
     # Auxiliary tasks help training but do not decide which weights are best.
-    callbacks = _callbacks(training, target, backup, f"val_{target}_loss" if auxiliary else "val_loss")
+    monitored = f"val_{target}_loss" if auxiliary else "val_loss"
+    callbacks = _callbacks(training, target, backup, monitored, epoch_seconds)
     if resizing:
         callbacks.insert(0, resizing)
     logger.info(
@@ -491,7 +572,7 @@ def train_model(
     )
     history = model.fit(
         train_data,
-        validation_data=val_data,
+        validation_data=fit_val_data,
         epochs=int(training["epochs"]),
         callbacks=callbacks,
         shuffle=False,  # train_data reshuffles itself every epoch
@@ -509,18 +590,27 @@ def train_model(
         )
         model.set_weights(trained.get_weights())
         model.optimizer = trained.optimizer  # saved with its state, as a float32 run's would be
-    recalibration = int(training.get("batch_norm_recalibration") or 0)
-    if recalibration and _batch_norms(model):
-        before = model.evaluate(val_data, verbose=0, return_dict=True)
-        used = recalibrate_batch_norm(model, train_images, recalibration, training["seed"])
-        after = model.evaluate(val_data, verbose=0, return_dict=True)
-        changes = ", ".join(f"val_{name} {before[name]:.4f} -> {after[name]:.4f}" for name in after)
-        logger.info("Batch-norm statistics re-estimated on %d training images: %s", used, changes)
+    _recalibrate_and_report(
+        model, train_images, val_data, int(training.get("batch_norm_recalibration") or 0), training["seed"]
+    )
     served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
     history_by_name = {
         _metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()
     }
     return served, history_by_name
+
+
+def _recalibrate_and_report(
+    model: keras.Model, train_images: np.ndarray, val_data: tf.data.Dataset, count: int, seed: int
+) -> None:
+    """``recalibrate_batch_norm`` on ``count`` training images, logging validation metrics before and after."""
+    if not count or not _batch_norms(model):
+        return
+    before = model.evaluate(val_data, verbose=0, return_dict=True)
+    used = recalibrate_batch_norm(model, train_images, count, seed)
+    after = model.evaluate(val_data, verbose=0, return_dict=True)
+    changes = ", ".join(f"val_{name} {before[name]:.4f} -> {after[name]:.4f}" for name in after)
+    logger.info("Batch-norm statistics re-estimated on %d training images: %s", used, changes)
 
 
 def _metric_name(name: str, target: str) -> str:
