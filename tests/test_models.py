@@ -76,6 +76,17 @@ def test_stem_convs_add_3x3_convolutions_at_half_resolution():
     assert deeper.get_layer("stem_pool").output.shape[1:] == (32, 32, 16)
 
 
+def test_downsample_is_the_same_network_on_block_averaged_faces():
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1)).astype(np.uint8)
+    full = default_cnn((32, 32, 1), "gender", stem_filters=4, filters=[8, 8], downsample=2)
+    half = default_cnn((16, 16, 1), "gender", stem_filters=4, filters=[8, 8])
+    assert full.input_shape == (None, 32, 32, 1) and full.count_params() == half.count_params()
+    assert full.get_layer("stem").output.shape[1:3] == (8, 8)  # what a 16 px input gives
+    half.set_weights(full.get_weights())
+    averaged = images.reshape(3, 16, 2, 16, 2, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(full.predict(images, verbose=0), half.predict(averaged, verbose=0), atol=1e-5)
+
+
 def test_augmentation_changes_training_inputs_only():
     layer = augmentation(flip=True, rotation=0.05, zoom=0.1, translation=0.05, brightness=0.1, contrast=0.1, seed=1)
     images = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)

@@ -345,14 +345,9 @@ def test_progressive_resizing_needs_a_network_that_takes_any_size(data):
         train_model(*data, {"target": "gender"}, seed_options, params)
     with pytest.raises(ValueError, match=r"progressive_resizing\.size must be between 1 and 31"):
         train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 32, "epochs": 1}))
-    with pytest.raises(ValueError, match=r"progressive_resizing\.epochs must be a number or auto, got 'some'"):
-        train_model(
-            *data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16, "epochs": "some"})
-        )
-    # Off when no epochs are given, and "auto" without a time budget has nothing to fit.
-    for settings in ({"size": 16}, {"size": 16, "epochs": "auto"}):
-        model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing=settings))
-        assert model.input_shape == (None, SIZE, SIZE, 1)
+    # Off when no epochs are given.
+    model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16}))
+    assert model.input_shape == (None, SIZE, SIZE, 1)
 
 
 @pytest.mark.parametrize(
@@ -364,22 +359,17 @@ def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budg
 
 
 @pytest.mark.parametrize(
-    ("epochs", "full", "small", "budget", "full_size_epochs", "planned"),
+    ("epochs", "full", "downsampled", "budget", "planned"),
     [
-        (18, 100.0, 30.0, 34, 3, (18, 0)),  # every epoch fits at full size
-        (18, 150.0, 50.0, 34, 3, (18, 7)),  # 7 small + 11 full = 2000 s of 2040
-        (18, 340.0, 105.0, 34, 3, (12, 9)),  # even 15 small + 3 full overrun: 9 small + 3 full
-        (18, 340.0, 105.0, 34, 0, (18, 18)),  # nothing kept at full size
-        (18, 800.0, 200.0, 34, 3, (2, 0)),  # not even the full-size epochs fit: epochs are cut
-        (18, 340.0, 400.0, 34, 3, (6, 0)),  # small images that are not faster change nothing
+        (18, 100.0, 30.0, 34, (1, 18)),  # every epoch fits at full size
+        (18, 150.0, 50.0, 34, (1, 13)),  # most epochs fit at full size
+        (18, 340.0, 105.0, 34, (2, 18)),  # 6 epochs at full size; every epoch on half-size faces
+        (18, 800.0, 200.0, 34, (2, 10)),  # not even that: epochs are cut
+        (18, 340.0, 400.0, 34, (1, 6)),  # a downsampled network that is not faster changes nothing
     ],
 )
-def test_plan_resized_epochs_shrinks_images_before_cutting_epochs(
-    epochs, full, small, budget, full_size_epochs, planned
-):
-    assert nodes.plan_resized_epochs(epochs, full, small, budget, full_size_epochs) == planned
-    total, shrunk = planned
-    assert shrunk * small + (total - shrunk) * full <= budget * 60 or total == 2
+def test_plan_downsample_halves_the_faces_before_cutting_epochs(epochs, full, downsampled, budget, planned):
+    assert nodes.plan_downsample(epochs, full, downsampled, budget) == planned
 
 
 def test_measuring_a_step_times_training_steps(data):
@@ -393,15 +383,15 @@ def test_measuring_a_step_times_training_steps(data):
         nodes.measure_step_seconds(probe, dataset.take(0))
 
 
-def fake_step_seconds(full: float, small: float | None = None):
-    """A machine where a training step takes ``full`` seconds at full size and ``small`` on smaller images.
+def fake_step_seconds(full: float, downsampled: float | None = None):
+    """A machine where a training step takes ``full`` seconds, or ``downsampled`` with a downsampling network.
 
     The test data (64 training and 32 validation images, batches of 16) make an epoch 4 training
-    steps and 2 validation steps, each a third of a full-size training step.
+    steps and 2 validation steps, each a third of a training step.
     """
 
     def measure(probe, dataset, **kwargs):
-        return full if dataset.element_spec[0].shape[1] == SIZE else small
+        return downsampled if any(layer.name == "downsample" for layer in probe.layers) else full
 
     return measure
 
@@ -448,38 +438,22 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun(monkeypatch, caplog
     assert "Stopping after epoch 2" in caplog.text
 
 
-def test_time_limit_expects_a_full_size_epoch_to_last_as_planned(monkeypatch):
-    clock = iter([0.0, 0.0, 40.0, 40.0, 80.0])  # two small epochs of 40 s
-    monkeypatch.setattr(nodes.time, "perf_counter", lambda: next(clock))
-    limit = nodes.TimeLimit(seconds=130, epoch_seconds=[40.0, 40.0, 100.0])
-    model = types.SimpleNamespace(stop_training=False)
-    limit.set_model(model)
-    limit.on_train_begin()
-    stopped = []
-    for epoch in range(2):
-        limit.on_epoch_begin(epoch)
-        limit.on_epoch_end(epoch)
-        stopped.append(model.stop_training)
-    # 80 s + another 40 s epoch would fit, but the third epoch is a full-size one of 100 s.
-    assert stopped == [False, True]
-
-
-@pytest.mark.parametrize(("full_step", "small_epochs"), [(6.0, 3), (0.1, 0)])
-def test_a_time_budget_shrinks_the_first_epochs_on_a_slow_machine(data, monkeypatch, caplog, full_step, small_epochs):
-    # Full-size epochs of 28 s, small ones of (4 + 2 / 3) x 1.5 = 7 s: 4 epochs fit in a minute
-    # with the first 3 small. On a fast machine (0.1 s steps) every epoch stays at full size.
+@pytest.mark.parametrize(("full_step", "downsample"), [(6.0, 2), (0.1, 1)])
+def test_a_time_budget_trains_on_half_size_faces_on_a_slow_machine(data, monkeypatch, caplog, full_step, downsample):
+    # Epochs of (4 + 2 / 3) x 6 = 28 s: 2 of 5 fit in a minute; at a quarter of the step, all 5.
+    # On a fast machine (0.1 s steps) the network stays the full-size one.
     monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(full_step, full_step / 4))
-    resizing = {"size": 16, "epochs": "auto", "full_size_epochs": 1}
-    params = training_params(epochs=4, time_budget_minutes=1, progressive_resizing=resizing)
+    model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "downsample": "auto"}}
+    params = training_params(epochs=5, time_budget_minutes=1)
     with caplog.at_level("INFO", logger=nodes.__name__):
-        model, history = train_model(*data, {"target": "gender"}, MODEL, params)
-    assert len(history["loss"]) == 4
+        model, history = train_model(*data, {"target": "gender"}, model_options, params)
+    assert len(history["loss"]) == 5
     assert model.input_shape == (None, SIZE, SIZE, 1)
-    if small_epochs:
-        assert "4 of 4 epochs fit, the first 3 on 16 px images (~7 s each)" in caplog.text
-        assert "Epochs 1-3 train on 16 px images, later epochs on 32 px" in caplog.text
+    if downsample == 2:
+        assert "2 of 5 epochs fit; on half-size faces (downsample 2) 7 s, so 5 of 5 fit" in caplog.text
     else:
-        assert "4 of 4 epochs fit" in caplog.text and "train on 16 px" not in caplog.text
+        assert "5 of 5 epochs fit" in caplog.text and "half-size" not in caplog.text
+    assert ("downsample" in {layer.name for layer in model.layers}) == (downsample == 2)
 
 
 def test_a_budget_with_room_for_every_epoch_trains_the_same_model(data):

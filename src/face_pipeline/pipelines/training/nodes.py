@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -159,25 +158,20 @@ def plan_epochs(epochs: int, seconds_per_epoch: float, budget_minutes: float | N
     return max(1, min(int(epochs), int(budget_minutes * 60 // max(seconds_per_epoch, 1e-9))))
 
 
-def plan_resized_epochs(
-    epochs: int, full_seconds: float, small_seconds: float, budget_minutes: float, full_size_epochs: int
+def plan_downsample(
+    epochs: int, full_seconds: float, downsampled_seconds: float, budget_minutes: float
 ) -> tuple[int, int]:
-    """``(epochs, of which on small images)`` that fit in ``budget_minutes``.
+    """``(downsample, epochs)`` for ``model.<architecture>.downsample: auto`` in ``budget_minutes``.
 
-    Every epoch stays at full size while all fit. Otherwise the first epochs shrink, as few as
-    needed, keeping the last ``full_size_epochs`` at full size; only when even that does not
-    fit are epochs cut (small ones first). A smaller picture costs less than a missing epoch:
-    a network stopped after a few epochs of its schedule is far from trained.
+    The network for full-size faces while at least half its epochs fit; otherwise the one for
+    faces of half the side (about a third of the cost), with as many epochs as fit. A network
+    trained to the end of its schedule on smaller faces beats a larger one stopped after a few
+    epochs, but not one that ran most of its schedule (docs/benchmarks.md).
     """
-    epochs, budget = int(epochs), budget_minutes * 60
-    keep = min(int(full_size_epochs), epochs)
-    if epochs * full_seconds <= budget or small_seconds >= full_seconds or keep * full_seconds > budget:
-        return plan_epochs(epochs, full_seconds, budget_minutes), 0
-    small = math.ceil((epochs * full_seconds - budget) / (full_seconds - small_seconds))
-    if small <= epochs - keep:
-        return epochs, small
-    small = int((budget - keep * full_seconds) // small_seconds)
-    return keep + small, small
+    full = plan_epochs(epochs, full_seconds, budget_minutes)
+    if 2 * full >= epochs or downsampled_seconds >= full_seconds:
+        return 1, full
+    return 2, plan_epochs(epochs, downsampled_seconds, budget_minutes)
 
 
 def measure_step_seconds(
@@ -204,16 +198,13 @@ def measure_step_seconds(
 class TimeLimit(keras.callbacks.Callback):
     """Stops training before an epoch that would end more than ``seconds`` after training began.
 
-    The next epoch is taken to last as long as the longest so far, or as long as planned
-    (``epoch_seconds``, one per epoch; a full-size epoch after small ones) if that is longer.
-    A guard behind the planned epochs of ``training.time_budget_minutes``, for machines that
-    slow down during a run.
+    Judged by the longest epoch so far; a guard behind the planned epochs of
+    ``training.time_budget_minutes``, for machines that slow down during a run.
     """
 
-    def __init__(self, seconds: float, epoch_seconds: list[float] | None = None):
+    def __init__(self, seconds: float):
         super().__init__()
         self.seconds = float(seconds)
-        self.epoch_seconds = list(epoch_seconds or [])
 
     def on_train_begin(self, logs=None):
         self._started, self._longest = time.perf_counter(), 0.0
@@ -224,14 +215,12 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         self._longest = max(self._longest, now - self._epoch_started)
-        planned = self.epoch_seconds[epoch + 1] if epoch + 1 < len(self.epoch_seconds) else 0.0
-        expected = max(self._longest, planned)
-        if not self.model.stop_training and now - self._started + expected > self.seconds:
+        if not self.model.stop_training and now - self._started + self._longest > self.seconds:
             self.model.stop_training = True
             logger.warning(
                 "Stopping after epoch %d: another epoch (up to %.0f s) would overrun the time budget of %.0f min",
                 epoch + 1,
-                expected,
+                self._longest,
                 self.seconds / 60,
             )
 
@@ -311,11 +300,7 @@ class ProgressiveResizing(keras.callbacks.Callback):
 
 
 def _callbacks(
-    training: dict[str, Any],
-    target: str,
-    backup: Path | None,
-    monitored: str,
-    epoch_seconds: list[float] | None = None,
+    training: dict[str, Any], target: str, backup: Path | None, monitored: str
 ) -> list[keras.callbacks.Callback]:
     """Epoch log, backup, early stopping and plateau schedule on ``monitored``, weight averaging."""
     callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
@@ -340,7 +325,7 @@ def _callbacks(
             keras.callbacks.ReduceLROnPlateau(monitor=monitored, mode="min", factor=0.3, patience=2, min_lr=1e-5)
         )
     if training.get("time_budget_minutes"):
-        callbacks.append(TimeLimit(float(training["time_budget_minutes"]) * 60, epoch_seconds))
+        callbacks.append(TimeLimit(float(training["time_budget_minutes"]) * 60))
     return callbacks
 
 
@@ -360,21 +345,11 @@ def _builder_options(model_options: dict[str, Any], train_labels: pd.DataFrame, 
     return options
 
 
-def _resized_epochs(training: dict[str, Any]) -> int | str:
-    """``progressive_resizing.epochs``: a number (0 = off) or ``"auto"``."""
-    epochs = (training.get("progressive_resizing") or {}).get("epochs") or 0
-    if str(epochs).lower() == "auto":
-        return "auto"
-    if isinstance(epochs, str) and not epochs.isdigit():
-        raise ValueError(f"progressive_resizing.epochs must be a number or auto, got {epochs!r}")
-    return int(epochs)
-
-
 def _progressive_resizing(training: dict[str, Any], input_shape: tuple) -> ProgressiveResizing | None:
-    epochs = _resized_epochs(training)
-    if epochs == "auto" or not epochs:
+    settings = training.get("progressive_resizing") or {}
+    if not int(settings.get("epochs") or 0):
         return None
-    return ProgressiveResizing(training["progressive_resizing"]["size"], epochs, full_size=input_shape[0])
+    return ProgressiveResizing(settings["size"], settings["epochs"], full_size=input_shape[0])
 
 
 def _first(data: np.ndarray | dict[str, np.ndarray], count: int) -> np.ndarray | dict[str, np.ndarray]:
@@ -387,95 +362,74 @@ def _plan_file(backup: Path | None) -> Path | None:
 
 
 def _probe_epoch_seconds(
-    build: Callable[[tuple], keras.Model],
+    probe: keras.Model,
     train_images: np.ndarray,
     train_labels: pd.DataFrame,
     target: str,
-    training: dict[str, Any],
-    small_side: int | None,
+    batch_size: int,
     val_count: int,
-) -> tuple[float, float]:
-    """Seconds an epoch takes here at full size and, given ``small_side``, on images shrunk to it.
+) -> float:
+    """Seconds an epoch of ``probe``'s network takes here, from a few timed training steps.
 
-    Throwaway networks from ``build`` (given an input shape) time a few training steps. An
-    epoch is validated at the size it trains at; a validation step counts as a third of a
-    training step (a forward pass only).
+    A validation step counts as a third of a training step (a forward pass only).
     """
-    batch_size = int(training["batch_size"])
     steps_per_epoch, val_steps = -(-len(train_images) // batch_size), -(-val_count // batch_size)
-    probe_images = np.asarray(train_images[: 16 * batch_size])
-    full_probe = build(probe_images.shape[1:])
-    targets = _first(_model_targets(full_probe, train_labels, target), len(probe_images))
-
-    def step_seconds(probe: keras.Model, images: np.ndarray) -> float:
-        return measure_step_seconds(probe, make_dataset(images, targets, batch_size, shuffle=False, seed=0))
-
-    full_step = step_seconds(full_probe, probe_images)
-    full = full_step * (steps_per_epoch + val_steps / 3)
-    if not small_side:
-        return full, full
-    shrunk = tf.cast(tf.round(tf.image.resize(probe_images, [small_side, small_side], antialias=True)), tf.uint8)
-    small_step = step_seconds(build((None, None, probe_images.shape[-1])), shrunk.numpy())
-    return full, small_step * (steps_per_epoch + val_steps / 3)
+    count = 16 * batch_size
+    targets = _first(_model_targets(probe, train_labels, target), count)
+    data = make_dataset(train_images[:count], targets, batch_size, shuffle=False, seed=0)
+    return measure_step_seconds(probe, data) * (steps_per_epoch + val_steps / 3)
 
 
 def _fit_in_budget(
     training: dict[str, Any],
-    probe: Callable[[int | None], tuple[float, float]],
+    epoch_seconds: Callable[[int], float],
     backup: Path | None,
-) -> tuple[dict[str, Any], list[float]]:
-    """``training`` planned to fit ``time_budget_minutes`` on this machine, and the seconds planned per epoch.
+    auto_downsample: bool,
+) -> tuple[dict[str, Any], int]:
+    """``training`` planned to fit ``time_budget_minutes`` on this machine, and the downsampling to build with.
 
-    ``probe(small_side)`` measures the seconds of an epoch at full size and on small images
-    (``_probe_epoch_seconds``); the random seeds are then reset, so the model trained afterwards
-    starts from the same weights as without a budget. With ``progressive_resizing.epochs: auto``
-    the first epochs shrink their images when not all fit at full size
-    (``plan_resized_epochs``); otherwise epochs are cut (``plan_epochs``).
+    ``epoch_seconds(downsample)`` times a throwaway network (``_probe_epoch_seconds``); the
+    random seeds are then reset, so the model trained afterwards starts from the same weights
+    as without a budget. Epochs that do not fit are cut (``plan_epochs``); with
+    ``auto_downsample``, where fewer than half fit, the network for half-size faces is trained
+    instead (``plan_downsample``).
 
     The schedule, early stopping's start and weight averaging follow the planned epochs, so
-    a shortened run still decays its learning rate to the end. A resumed run keeps the plan it started with (kept
-    beside its backup).
+    a shortened run still decays its learning rate to the end. A resumed run keeps the plan it
+    started with (kept beside its backup).
     """
     budget, epochs = training["time_budget_minutes"], int(training["epochs"])
-    resizing = dict(training.get("progressive_resizing") or {})
-    resized = _resized_epochs(training)
     plan_file = _plan_file(backup)
     if plan_file is not None and plan_file.exists():
         plan = json.loads(plan_file.read_text())
         logger.info("Resumed run keeps its plan of %d epochs", plan["epochs"])
     else:
-        full, small = probe(int(resizing["size"]) if resized else None)
-        if resized == "auto":
-            full_size_epochs = int(resizing.get("full_size_epochs") or 0)
-            planned, small_epochs = plan_resized_epochs(epochs, full, small, budget, full_size_epochs)
-        else:
-            planned = plan_epochs(epochs, (resized * small + (epochs - resized) * full) / epochs, budget)
-            small_epochs = resized * planned // epochs
-        plan = {
-            "epochs": planned,
-            "small_epochs": small_epochs,
-            "epoch_seconds": [small] * small_epochs + [full] * (planned - small_epochs),
-        }
-        shrunk = f", the first {small_epochs} on {resizing.get('size')} px images (~{small:.0f} s each)"
-        (logger.warning if planned < epochs or small_epochs else logger.info)(
-            "Time budget %s min: a full-size epoch takes about %.0f s here, so %d of %d epochs fit%s",
+        full = epoch_seconds(1)
+        downsample, planned = 1, plan_epochs(epochs, full, budget)
+        if auto_downsample and 2 * planned < epochs:
+            half = epoch_seconds(2)
+            downsample, planned = plan_downsample(epochs, full, half, budget)
+        note = (
+            f"; on half-size faces (downsample 2) {half:.0f} s, so {planned} of {epochs} fit" if downsample > 1 else ""
+        )
+        (logger.warning if planned < epochs or downsample > 1 else logger.info)(
+            "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit%s",
             budget,
             full,
-            planned,
+            plan_epochs(epochs, full, budget),
             epochs,
-            shrunk if small_epochs else "",
+            note,
         )
+        plan = {"epochs": planned, "downsample": downsample, "seconds_per_epoch": half if downsample > 1 else full}
         if plan_file is not None:
             plan_file.parent.mkdir(parents=True, exist_ok=True)
             plan_file.write_text(json.dumps(plan))
         keras.utils.set_random_seed(training["seed"])
-    planned, small_epochs = int(plan["epochs"]), int(plan["small_epochs"])
-    if resizing:
-        training = {**training, "progressive_resizing": {**resizing, "epochs": small_epochs}}
-    if planned != epochs or small_epochs:
+    planned = int(plan["epochs"])
+    if planned != epochs:
         start = int(training.get("early_stopping_start_epoch") or 0) * planned // epochs
         training = {**training, "epochs": planned, "early_stopping_start_epoch": start}
-    return training, [float(seconds) for seconds in plan["epoch_seconds"]]
+    return training, int(plan.get("downsample", 1))
 
 
 def train_model(
@@ -496,7 +450,9 @@ def train_model(
     (``{metric: [value per epoch]}``, validation metrics prefixed ``val_``).
     A run that stops half-way resumes from its last finished epoch when started again
     (``training.backup_dir``), with the epochs it planned. With ``training.time_budget_minutes``
-    the epochs are cut to what fits in that time on this machine (measured before training).
+    the epochs are cut to what fits in that time on this machine (measured before training);
+    with ``downsample: auto`` in the architecture's block, the network for half-size faces is
+    trained instead where fewer than half the epochs fit at full size.
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
     target = task["target"]
@@ -505,13 +461,17 @@ def train_model(
 
     architecture = model_options["architecture"]
     options = _builder_options(model_options, train_labels, target)
-    auxiliary = options["auxiliary"]
     precision = resolve_precision(training.get("precision"))
     input_shape = tuple(train_images.shape[1:])
+    # downsample: auto is settled by the time budget: full-size faces unless they do not fit.
+    auto_downsample = str(options.get("downsample")).lower() == "auto"
+    if auto_downsample:
+        options["downsample"] = 1
 
-    def build(shape: tuple, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> keras.Model:
+    def build(shape: tuple, learning_rate: float | Any, **changes: Any) -> keras.Model:
+        settings = {"precision": precision, **options, **changes}
         try:
-            return build_model(architecture, shape, target, learning_rate=learning_rate, precision=precision, **options)
+            return build_model(architecture, shape, target, learning_rate=learning_rate, **settings)
         except ValueError as error:
             if tuple(shape) == input_shape:
                 raise
@@ -526,22 +486,15 @@ def train_model(
         if training.get("backup_dir")
         else None
     )
-    epoch_seconds = None
     if training.get("time_budget_minutes"):
-        rate = float(training["learning_rate"])
 
-        def probe(small_side: int | None) -> tuple[float, float]:
-            return _probe_epoch_seconds(
-                lambda shape: build(shape, rate),
-                train_images,
-                train_labels,
-                target,
-                training,
-                small_side,
-                len(val_images),
-            )
+        def epoch_seconds(downsample: int) -> float:
+            probe = build(input_shape, float(training["learning_rate"]), downsample=downsample)
+            return _probe_epoch_seconds(probe, train_images, train_labels, target, batch_size, len(val_images))
 
-        training, epoch_seconds = _fit_in_budget(training, probe, backup)
+        training, downsample = _fit_in_budget(training, epoch_seconds, backup, auto_downsample)
+        if auto_downsample:
+            options["downsample"] = downsample
     resizing = _progressive_resizing(training, input_shape)
     # While the side of training images changes, the network takes any side.
     training_shape = (None, None, input_shape[-1]) if resizing else input_shape
@@ -557,8 +510,8 @@ def train_model(
         start = max(int(training.get("early_stopping_start_epoch") or 0), resizing.epochs)
         training = {**training, "early_stopping_start_epoch": start}
     # Auxiliary tasks help training but do not decide which weights are best.
-    monitored = f"val_{target}_loss" if auxiliary else "val_loss"
-    callbacks = _callbacks(training, target, backup, monitored, epoch_seconds)
+    monitored = f"val_{target}_loss" if options["auxiliary"] else "val_loss"
+    callbacks = _callbacks(training, target, backup, monitored)
     if resizing:
         callbacks.insert(0, resizing)
     logger.info(
@@ -584,20 +537,19 @@ def train_model(
         # Served in float32 and at the input size of the data: the same network with the trained
         # weights (variables are float32 already), so predictions do not depend on 16-bit
         # support where the model runs.
-        trained = model
-        model = build_model(
-            architecture, input_shape, target, learning_rate=learning_rate, precision="float32", **options
-        )
-        model.set_weights(trained.get_weights())
-        model.optimizer = trained.optimizer  # saved with its state, as a float32 run's would be
+        model = _with_weights_of(model, build(input_shape, learning_rate, precision="float32"))
     _recalibrate_and_report(
         model, train_images, val_data, int(training.get("batch_norm_recalibration") or 0), training["seed"]
     )
     served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
-    history_by_name = {
-        _metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()
-    }
-    return served, history_by_name
+    return served, {_metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()}
+
+
+def _with_weights_of(trained: keras.Model, model: keras.Model) -> keras.Model:
+    """``model`` (the same network, built anew) with the weights and optimizer of ``trained``."""
+    model.set_weights(trained.get_weights())
+    model.optimizer = trained.optimizer  # saved with its state, as a float32 run's would be
+    return model
 
 
 def _recalibrate_and_report(
