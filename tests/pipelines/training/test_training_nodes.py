@@ -361,15 +361,18 @@ def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budg
 @pytest.mark.parametrize(
     ("epochs", "full", "downsampled", "budget", "planned"),
     [
-        (18, 100.0, 30.0, 34, (1, 18)),  # every epoch fits at full size
-        (18, 150.0, 50.0, 34, (1, 13)),  # most epochs fit at full size
-        (18, 340.0, 105.0, 34, (2, 18)),  # 6 epochs at full size; every epoch on half-size faces
-        (18, 800.0, 200.0, 34, (2, 10)),  # not even that: epochs are cut
-        (18, 340.0, 400.0, 34, (1, 6)),  # a downsampled network that is not faster changes nothing
+        (18, 100.0, 30.0, 34, (1, 18, 100.0)),  # every epoch fits at full size
+        (18, 150.0, 50.0, 34, (1, 13, 150.0)),  # most epochs fit at full size
+        (18, 340.0, 105.0, 34, (2, 18, 105.0)),  # 6 epochs at full size; every epoch on half-size faces
+        (18, 800.0, 200.0, 34, (2, 10, 200.0)),  # not even that: epochs are cut
+        (18, 340.0, 400.0, 34, (1, 6, 340.0)),  # a downsampled network that is not faster changes nothing
     ],
 )
 def test_plan_downsample_halves_the_faces_before_cutting_epochs(epochs, full, downsampled, budget, planned):
-    assert nodes.plan_downsample(epochs, full, downsampled, budget) == planned
+    timed = []
+    assert nodes.plan_downsample(epochs, full, lambda: timed.append(1) or downsampled, budget) == planned
+    # The half-size network is timed only where fewer than half the epochs fit at full size.
+    assert len(timed) == (2 * nodes.plan_epochs(epochs, full, budget) < epochs)
 
 
 def test_measuring_a_step_times_training_steps(data):

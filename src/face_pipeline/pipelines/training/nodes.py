@@ -159,19 +159,23 @@ def plan_epochs(epochs: int, seconds_per_epoch: float, budget_minutes: float | N
 
 
 def plan_downsample(
-    epochs: int, full_seconds: float, downsampled_seconds: float, budget_minutes: float
-) -> tuple[int, int]:
-    """``(downsample, epochs)`` for ``model.<architecture>.downsample: auto`` in ``budget_minutes``.
+    epochs: int, full_seconds: float, downsampled_seconds: Callable[[], float], budget_minutes: float
+) -> tuple[int, int, float]:
+    """``(downsample, epochs, seconds per epoch)`` for ``downsample: auto`` in ``budget_minutes``.
 
     The network for full-size faces while at least half its epochs fit; otherwise the one for
     faces of half the side (about a third of the cost), with as many epochs as fit. A network
     trained to the end of its schedule on smaller faces beats a larger one stopped after a few
     epochs, but not one that ran most of its schedule (docs/benchmarks.md).
+    ``downsampled_seconds`` times an epoch of the half-size network, only when it is needed.
     """
     full = plan_epochs(epochs, full_seconds, budget_minutes)
-    if 2 * full >= epochs or downsampled_seconds >= full_seconds:
-        return 1, full
-    return 2, plan_epochs(epochs, downsampled_seconds, budget_minutes)
+    if 2 * full >= epochs:
+        return 1, full, full_seconds
+    half_seconds = downsampled_seconds()
+    if half_seconds >= full_seconds:
+        return 1, full, full_seconds
+    return 2, plan_epochs(epochs, half_seconds, budget_minutes), half_seconds
 
 
 def measure_step_seconds(
@@ -405,22 +409,20 @@ def _fit_in_budget(
         logger.info("Resumed run keeps its plan of %d epochs", plan["epochs"])
     else:
         full = epoch_seconds(1)
-        downsample, planned = 1, plan_epochs(epochs, full, budget)
-        if auto_downsample and 2 * planned < epochs:
-            half = epoch_seconds(2)
-            downsample, planned = plan_downsample(epochs, full, half, budget)
-        note = (
-            f"; on half-size faces (downsample 2) {half:.0f} s, so {planned} of {epochs} fit" if downsample > 1 else ""
-        )
+        full_planned = plan_epochs(epochs, full, budget)
+        downsample, planned, seconds = 1, full_planned, full
+        if auto_downsample:
+            downsample, planned, seconds = plan_downsample(epochs, full, lambda: epoch_seconds(2), budget)
+        note = f"; on half-size faces (downsample 2) {seconds:.0f} s, so {planned} of {epochs} fit"
         (logger.warning if planned < epochs or downsample > 1 else logger.info)(
             "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit%s",
             budget,
             full,
-            plan_epochs(epochs, full, budget),
+            full_planned,
             epochs,
-            note,
+            note if downsample > 1 else "",
         )
-        plan = {"epochs": planned, "downsample": downsample, "seconds_per_epoch": half if downsample > 1 else full}
+        plan = {"epochs": planned, "downsample": downsample, "seconds_per_epoch": seconds}
         if plan_file is not None:
             plan_file.parent.mkdir(parents=True, exist_ok=True)
             plan_file.write_text(json.dumps(plan))
