@@ -87,6 +87,14 @@ def test_downsample_is_the_same_network_on_block_averaged_faces():
     np.testing.assert_allclose(full.predict(images, verbose=0), half.predict(averaged, verbose=0), atol=1e-5)
 
 
+def test_downsampled_network_augments_the_pooled_faces():
+    # Augmenting after the pooling costs a quarter of augmenting the full-size faces.
+    model = default_cnn((32, 32, 1), "gender", stem_filters=4, filters=[8, 8], downsample=2, augment={"zoom": 0.1})
+    names = [layer.name for layer in model.layers]
+    assert names.index("downsample") < names.index("augmentation")
+    assert model.get_layer("augmentation").output.shape[1:] == (16, 16, 1)
+
+
 def test_augmentation_changes_training_inputs_only():
     layer = augmentation(flip=True, rotation=0.05, zoom=0.1, translation=0.05, brightness=0.1, contrast=0.1, seed=1)
     images = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
