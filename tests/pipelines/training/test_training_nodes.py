@@ -459,6 +459,17 @@ def test_a_time_budget_trains_on_half_size_faces_on_a_slow_machine(data, monkeyp
     assert ("downsample" in {layer.name for layer in model.layers}) == (downsample == 2)
 
 
+def test_a_time_budget_plans_a_network_without_downsampling(data, monkeypatch, caplog):
+    # The seed network has no downsample option; its probe is the network as configured.
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))
+    seed_options = {**MODEL, "architecture": "seed_cnn", "seed_cnn": {"filters": [4], "dense_units": 4}}
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        _, history = train_model(
+            *data, {"target": "gender"}, seed_options, training_params(epochs=5, time_budget_minutes=1)
+        )
+    assert len(history["loss"]) == 2 and "2 of 5 epochs fit" in caplog.text
+
+
 def test_a_budget_with_room_for_every_epoch_trains_the_same_model(data):
     params = training_params(epochs=2, deterministic=True)
     unlimited, _ = train_model(*data, {"target": "age"}, MODEL, params)

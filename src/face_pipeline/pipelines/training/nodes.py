@@ -386,17 +386,17 @@ def _probe_epoch_seconds(
 
 def _fit_in_budget(
     training: dict[str, Any],
-    epoch_seconds: Callable[[int], float],
+    epoch_seconds: Callable[..., float],
     backup: Path | None,
     auto_downsample: bool,
 ) -> tuple[dict[str, Any], int]:
     """``training`` planned to fit ``time_budget_minutes`` on this machine, and the downsampling to build with.
 
-    ``epoch_seconds(downsample)`` times a throwaway network (``_probe_epoch_seconds``); the
-    random seeds are then reset, so the model trained afterwards starts from the same weights
-    as without a budget. Epochs that do not fit are cut (``plan_epochs``); with
-    ``auto_downsample``, where fewer than half fit, the network for half-size faces is trained
-    instead (``plan_downsample``).
+    ``epoch_seconds(**changes)`` times a throwaway copy of the configured network, with
+    ``changes`` to its builder's options (``_probe_epoch_seconds``); the random seeds are then
+    reset, so the model trained afterwards starts from the same weights as without a budget.
+    Epochs that do not fit are cut (``plan_epochs``); with ``auto_downsample``, where fewer than
+    half fit, the network for half-size faces is trained instead (``plan_downsample``).
 
     The schedule, early stopping's start and weight averaging follow the planned epochs, so
     a shortened run still decays its learning rate to the end. A resumed run keeps the plan it
@@ -406,13 +406,13 @@ def _fit_in_budget(
     plan_file = _plan_file(backup)
     if plan_file is not None and plan_file.exists():
         plan = json.loads(plan_file.read_text())
-        logger.info("Resumed run keeps its plan of %d epochs", plan["epochs"])
+        logger.info("Resumed run keeps its plan: %d epochs, downsample %d", plan["epochs"], plan.get("downsample", 1))
     else:
-        full = epoch_seconds(1)
+        full = epoch_seconds()
         full_planned = plan_epochs(epochs, full, budget)
         downsample, planned, seconds = 1, full_planned, full
         if auto_downsample:
-            downsample, planned, seconds = plan_downsample(epochs, full, lambda: epoch_seconds(2), budget)
+            downsample, planned, seconds = plan_downsample(epochs, full, lambda: epoch_seconds(downsample=2), budget)
         note = f"; on half-size faces (downsample 2) {seconds:.0f} s, so {planned} of {epochs} fit"
         (logger.warning if planned < epochs or downsample > 1 else logger.info)(
             "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit%s",
@@ -422,7 +422,7 @@ def _fit_in_budget(
             epochs,
             note if downsample > 1 else "",
         )
-        plan = {"epochs": planned, "downsample": downsample, "seconds_per_epoch": seconds}
+        plan = {"epochs": planned, "downsample": downsample}
         if plan_file is not None:
             plan_file.parent.mkdir(parents=True, exist_ok=True)
             plan_file.write_text(json.dumps(plan))
@@ -490,8 +490,8 @@ def train_model(
     )
     if training.get("time_budget_minutes"):
 
-        def epoch_seconds(downsample: int) -> float:
-            probe = build(input_shape, float(training["learning_rate"]), downsample=downsample)
+        def epoch_seconds(**changes: Any) -> float:
+            probe = build(input_shape, float(training["learning_rate"]), **changes)
             return _probe_epoch_seconds(probe, train_images, train_labels, target, batch_size, len(val_images))
 
         training, downsample = _fit_in_budget(training, epoch_seconds, backup, auto_downsample)
