@@ -3,6 +3,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from face_pipeline import models
 from face_pipeline.models import (
@@ -87,12 +88,54 @@ def test_downsample_is_the_same_network_on_block_averaged_faces():
     np.testing.assert_allclose(full.predict(images, verbose=0), half.predict(averaged, verbose=0), atol=1e-5)
 
 
+def test_fractional_downsample_resizes_the_faces_inside_the_model(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 1)).astype(np.uint8)
+    full = default_cnn((40, 40, 1), "gender", stem_filters=4, filters=[8, 8], downsample=1.6)
+    small = default_cnn((25, 25, 1), "gender", stem_filters=4, filters=[8, 8])
+    assert full.get_layer("downsample").output.shape[1:] == (25, 25, 1)
+    small.set_weights(full.get_weights())
+    resized = tf.image.resize(images.astype("float32"), (25, 25), antialias=True).numpy()
+    np.testing.assert_allclose(full.predict(images, verbose=0), small.predict(resized, verbose=0), atol=1e-4)
+    full.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), full.predict(images, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="fixed input size"):
+        default_cnn((None, None, 1), "gender", stem_filters=4, filters=[8, 8], downsample=1.6)
+
+
 def test_downsampled_network_augments_the_pooled_faces():
     # Augmenting after the pooling costs a quarter of augmenting the full-size faces.
     model = default_cnn((32, 32, 1), "gender", stem_filters=4, filters=[8, 8], downsample=2, augment={"zoom": 0.1})
     names = [layer.name for layer in model.layers]
     assert names.index("downsample") < names.index("augmentation")
     assert model.get_layer("augmentation").output.shape[1:] == (16, 16, 1)
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_weight_decay_shrinks_kernels_only(architecture, tmp_path):
+    def trained(weight_decay: float) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        model = build_model(architecture, (32, 32, 1), "gender", filters=[8, 8], weight_decay=weight_decay)
+        model.optimizer.learning_rate.assign(0.01)
+        # Black images: no kernel changes the output, so kernels get no gradient and only the
+        # decay can move them.
+        images = np.zeros((8, 32, 32, 1), dtype=np.uint8)
+        model.fit(images, np.zeros((8, 1), dtype="float32"), epochs=3, verbose=0)
+        return model
+
+    plain, decayed = trained(0.0), trained(5.0)
+    assert isinstance(plain.optimizer, keras.optimizers.Adam) and not isinstance(
+        plain.optimizer, keras.optimizers.AdamW
+    )
+    assert isinstance(decayed.optimizer, keras.optimizers.AdamW)
+    for before, after in zip(plain.trainable_weights, decayed.trainable_weights, strict=True):
+        norms = float(np.linalg.norm(before.numpy())), float(np.linalg.norm(after.numpy()))
+        if len(before.shape) >= 2:  # kernels: 3 steps x rate 0.01 x decay 5 shrink them ~14 %
+            assert norms[1] < 0.9 * norms[0], before.path
+        else:  # biases, batch-norm scales and offsets: the same as without decay
+            np.testing.assert_allclose(after.numpy(), before.numpy(), atol=1e-6, err_msg=before.path)
+    decayed.save(tmp_path / "model.keras")
+    assert isinstance(keras.models.load_model(tmp_path / "model.keras").optimizer, keras.optimizers.AdamW)
 
 
 def test_augmentation_changes_training_inputs_only():

@@ -135,19 +135,30 @@ def _metrics(task: str) -> list[keras.metrics.Metric]:
     return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
 
 
+def _optimizer(model: keras.Model, learning_rate: float | Any, weight_decay: float) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW where ``weight_decay`` > 0 (decoupled: each step shrinks kernels by rate x decay)."""
+    if not weight_decay:
+        return keras.optimizers.Adam(learning_rate)
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=float(weight_decay))
+    # Kernels only: biases and batch-norm scales and offsets set levels, not capacity.
+    optimizer.exclude_from_weight_decay(var_list=[w for w in model.trainable_weights if len(w.shape) < 2])
+    return optimizer
+
+
 def _compile(
     model: keras.Model,
     task: str,
     learning_rate: float | Any,
     loss: str | None,
     auxiliary: dict[str, float] | None = None,
+    weight_decay: float = 0.0,
 ) -> keras.Model:
     loss = loss or DEFAULT_LOSSES[task]
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
     if loss == "distribution" and task != "age":
         raise ValueError("loss 'distribution' is for the age task only")
-    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer = _optimizer(model, learning_rate, weight_decay)
     main_loss = keras.losses.Huber(delta=5.0) if loss == "huber" else "mae" if loss == "distribution" else loss
     if not isinstance(model.output, dict):
         model.compile(optimizer=optimizer, loss=main_loss, metrics=_metrics(task))
@@ -224,6 +235,7 @@ def seed_cnn(
     dense_units: int = 256,
     dropout: float = 0.5,
     learning_rate: float | Any = 1e-3,
+    weight_decay: float = 0.0,
     loss: str | None = None,
     age_mean: float = 33.0,
     age_std: float = 20.0,
@@ -242,7 +254,21 @@ def seed_cnn(
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     model = keras.Model(inputs, _heads(x, task, age_mean, age_std, loss, auxiliary), name=f"seed_cnn_{task}")
-    return _compile(model, task, learning_rate, loss, auxiliary)
+    return _compile(model, task, learning_rate, loss, auxiliary, weight_decay)
+
+
+def _downsample(images, factor: float):
+    """``images`` shrunk by ``factor``, the same way when training and serving.
+
+    Whole factors average blocks of pixels (an exact antialiased resize); others resize with
+    antialiased bilinear interpolation.
+    """
+    if factor.is_integer():
+        return layers.AveragePooling2D(int(factor), dtype="float32", name="downsample")(images)
+    if None in images.shape[1:3]:
+        raise ValueError(f"downsample {factor} (not a whole number) needs a fixed input size")
+    height, width = (round(side / factor) for side in images.shape[1:3])
+    return layers.Resizing(height, width, antialias=True, dtype="float32", name="downsample")(images)
 
 
 def default_cnn(
@@ -256,8 +282,9 @@ def default_cnn(
     batch_norm: bool = True,
     dense_units: int = 128,
     dropout: float = 0.3,
-    downsample: int = 1,
+    downsample: float = 1,
     learning_rate: float | Any = 1e-3,
+    weight_decay: float = 0.0,
     loss: str | None = None,
     age_mean: float = 33.0,
     age_std: float = 20.0,
@@ -277,10 +304,9 @@ def default_cnn(
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Rescaling(1.0 / 255, dtype="float32", name="rescale")(inputs)
-    if int(downsample) > 1:
-        # Averaging blocks of pixels is an antialiased resize, and the same one when serving.
+    if float(downsample) > 1:
         # Before the augmentation, which then costs a quarter: a training step 12-18 % cheaper.
-        x = layers.AveragePooling2D(int(downsample), dtype="float32", name="downsample")(x)
+        x = _downsample(x, float(downsample))
     if augment:
         x = augmentation(**augment)(x)
 
@@ -312,7 +338,7 @@ def default_cnn(
     x = layers.Dense(dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     model = keras.Model(inputs, _heads(x, task, age_mean, age_std, loss, auxiliary), name=f"default_cnn_{task}")
-    return _compile(model, task, learning_rate, loss, auxiliary)
+    return _compile(model, task, learning_rate, loss, auxiliary, weight_decay)
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "default_cnn": default_cnn}

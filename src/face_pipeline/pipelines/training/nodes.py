@@ -471,7 +471,13 @@ def train_model(
         options["downsample"] = 1
 
     def build(shape: tuple, learning_rate: float | Any, **changes: Any) -> keras.Model:
-        settings = {"precision": precision, **options, **changes}
+        # The optimizer is compiled in: its weight decay is an argument of the builder too.
+        settings = {
+            "precision": precision,
+            "weight_decay": float(training.get("weight_decay") or 0),
+            **options,
+            **changes,
+        }
         try:
             return build_model(architecture, shape, target, learning_rate=learning_rate, **settings)
         except ValueError as error:
