@@ -359,20 +359,29 @@ def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budg
 
 
 @pytest.mark.parametrize(
-    ("epochs", "full", "downsampled", "budget", "planned"),
+    ("epochs", "full", "smaller", "budget", "planned", "probed"),
     [
-        (18, 100.0, 30.0, 34, (1, 18, 100.0)),  # every epoch fits at full size
-        (18, 150.0, 50.0, 34, (1, 13, 150.0)),  # most epochs fit at full size
-        (18, 340.0, 105.0, 34, (2, 18, 105.0)),  # 6 epochs at full size; every epoch on half-size faces
-        (18, 800.0, 200.0, 34, (2, 10, 200.0)),  # not even that: epochs are cut
-        (18, 340.0, 400.0, 34, (1, 6, 340.0)),  # a downsampled network that is not faster changes nothing
+        (18, 100.0, {}, 34, (1, 18, 100.0), []),  # every epoch fits at full size
+        (18, 150.0, {}, 34, (1, 13, 150.0), []),  # most epochs fit at full size
+        # 6 epochs at full size; 9 of 18 on 80 px faces (downsample 1.6): enough
+        (18, 340.0, {1.6: 220.0, 2: 105.0}, 34, (1.6, 9, 220.0), [1.6]),
+        # 8 of 18 on 80 px faces: not enough; every epoch on 64 px faces
+        (18, 340.0, {1.6: 250.0, 2: 105.0}, 34, (2, 18, 105.0), [1.6, 2]),
+        (18, 800.0, {1.6: 400.0, 2: 200.0}, 34, (2, 10, 200.0), [1.6, 2]),  # not even that: epochs are cut
+        # a downsampled network that is not faster changes nothing
+        (18, 340.0, {1.6: 400.0, 2: 400.0}, 34, (1, 6, 340.0), [1.6, 2]),
     ],
 )
-def test_plan_downsample_halves_the_faces_before_cutting_epochs(epochs, full, downsampled, budget, planned):
+def test_plan_downsample_shrinks_the_faces_before_cutting_epochs(epochs, full, smaller, budget, planned, probed):
     timed = []
-    assert nodes.plan_downsample(epochs, full, lambda: timed.append(1) or downsampled, budget) == planned
-    # The half-size network is timed only where fewer than half the epochs fit at full size.
-    assert len(timed) == (2 * nodes.plan_epochs(epochs, full, budget) < epochs)
+
+    def seconds(factor):
+        timed.append(factor)
+        return smaller[factor]
+
+    assert nodes.plan_downsample(epochs, full, seconds, budget) == planned
+    # A smaller network is timed only while fewer than half the epochs fit with the last one.
+    assert timed == probed
 
 
 def test_measuring_a_step_times_training_steps(data):
@@ -386,15 +395,16 @@ def test_measuring_a_step_times_training_steps(data):
         nodes.measure_step_seconds(probe, dataset.take(0))
 
 
-def fake_step_seconds(full: float, downsampled: float | None = None):
-    """A machine where a training step takes ``full`` seconds, or ``downsampled`` with a downsampling network.
+def fake_step_seconds(full: float):
+    """A machine where a training step takes ``full`` seconds, ``full / factor**2`` with a downsampling network.
 
     The test data (64 training and 32 validation images, batches of 16) make an epoch 4 training
     steps and 2 validation steps, each a third of a training step.
     """
 
     def measure(probe, dataset, **kwargs):
-        return downsampled if any(layer.name == "downsample" for layer in probe.layers) else full
+        pooled = [layer.output.shape[1] for layer in probe.layers if layer.name == "downsample"]
+        return full * (pooled[0] / probe.input_shape[1]) ** 2 if pooled else full
 
     return measure
 
@@ -441,22 +451,43 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun(monkeypatch, caplog
     assert "Stopping after epoch 2" in caplog.text
 
 
-@pytest.mark.parametrize(("full_step", "downsample"), [(6.0, 2), (0.1, 1)])
-def test_a_time_budget_trains_on_half_size_faces_on_a_slow_machine(data, monkeypatch, caplog, full_step, downsample):
-    # Epochs of (4 + 2 / 3) x 6 = 28 s: 2 of 5 fit in a minute; at a quarter of the step, all 5.
-    # On a fast machine (0.1 s steps) the network stays the full-size one.
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(full_step, full_step / 4))
+@pytest.mark.parametrize(
+    ("full_step", "downsample", "epochs", "log"),
+    [
+        # Epochs of (4 + 2 / 3) x 6 = 28 s: 2 of 5 fit in a minute; on 20 px faces (downsample
+        # 1.6, 39 % of the step) all 5.
+        (
+            6.0,
+            1.6,
+            5,
+            "2 of 5 epochs fit; faces downsampled by 1.6: 11 s, 5 of 5; training with downsample 1.6, 5 epochs",
+        ),
+        # Twice as slow: 2 of 5 on 20 px faces, 4 on 16 px faces (downsample 2).
+        (
+            12.0,
+            2,
+            4,
+            "downsampled by 1.6: 22 s, 2 of 5; faces downsampled by 2: 14 s, 4 of 5; training with downsample 2",
+        ),
+        # On a fast machine the network stays the full-size one.
+        (0.1, 1, 5, "5 of 5 epochs fit\n"),
+    ],
+)
+def test_a_time_budget_trains_on_smaller_faces_on_a_slow_machine(
+    data, monkeypatch, caplog, full_step, downsample, epochs, log
+):
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(full_step))
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "downsample": "auto"}}
     params = training_params(epochs=5, time_budget_minutes=1)
     with caplog.at_level("INFO", logger=nodes.__name__):
         model, history = train_model(*data, {"target": "gender"}, model_options, params)
-    assert len(history["loss"]) == 5
+    assert len(history["loss"]) == epochs
     assert model.input_shape == (None, SIZE, SIZE, 1)
-    if downsample == 2:
-        assert "2 of 5 epochs fit; on half-size faces (downsample 2) 7 s, so 5 of 5 fit" in caplog.text
-    else:
-        assert "5 of 5 epochs fit" in caplog.text and "half-size" not in caplog.text
-    assert ("downsample" in {layer.name for layer in model.layers}) == (downsample == 2)
+    assert log in caplog.text
+    layers = {layer.name: layer for layer in model.layers}
+    assert ("downsample" in layers) == (downsample != 1)
+    if downsample != 1:
+        assert layers["downsample"].output.shape[1] == round(SIZE / downsample)
 
 
 def test_a_time_budget_plans_a_network_without_downsampling(data, monkeypatch, caplog):

@@ -158,24 +158,33 @@ def plan_epochs(epochs: int, seconds_per_epoch: float, budget_minutes: float | N
     return max(1, min(int(epochs), int(budget_minutes * 60 // max(seconds_per_epoch, 1e-9))))
 
 
+# What ``downsample: auto`` tries in turn, least first: 128 px faces become 80 px, then 64 px.
+AUTO_DOWNSAMPLE = (1.6, 2)
+
+
 def plan_downsample(
-    epochs: int, full_seconds: float, downsampled_seconds: Callable[[], float], budget_minutes: float
-) -> tuple[int, int, float]:
+    epochs: int,
+    full_seconds: float,
+    downsampled_seconds: Callable[[float], float],
+    budget_minutes: float,
+    factors: tuple[float, ...] = AUTO_DOWNSAMPLE,
+) -> tuple[float, int, float]:
     """``(downsample, epochs, seconds per epoch)`` for ``downsample: auto`` in ``budget_minutes``.
 
-    The network for full-size faces while at least half its epochs fit; otherwise the one for
-    faces of half the side (about a third of the cost), with as many epochs as fit. A network
-    trained to the end of its schedule on smaller faces beats a larger one stopped after a few
-    epochs, but not one that ran most of its schedule (docs/benchmarks.md).
-    ``downsampled_seconds`` times an epoch of the half-size network, only when it is needed.
+    The least downsampling at which at least half the epochs fit: full-size faces, else each of
+    ``factors`` in turn; where none holds half, the last one tried, with as many epochs as fit.
+    A network trained through most of its schedule on smaller faces beats a larger one stopped
+    after a few epochs (docs/benchmarks.md). ``downsampled_seconds(factor)`` times an epoch of
+    that network, only when it is needed; one that is not faster than the last is not taken.
     """
-    full = plan_epochs(epochs, full_seconds, budget_minutes)
-    if 2 * full >= epochs:
-        return 1, full, full_seconds
-    half_seconds = downsampled_seconds()
-    if half_seconds >= full_seconds:
-        return 1, full, full_seconds
-    return 2, plan_epochs(epochs, half_seconds, budget_minutes), half_seconds
+    plan = (1, plan_epochs(epochs, full_seconds, budget_minutes), full_seconds)
+    for factor in factors:
+        if 2 * plan[1] >= epochs:
+            break
+        seconds = downsampled_seconds(factor)
+        if seconds < plan[2]:
+            plan = (factor, plan_epochs(epochs, seconds, budget_minutes), seconds)
+    return plan
 
 
 def measure_step_seconds(
@@ -389,14 +398,14 @@ def _fit_in_budget(
     epoch_seconds: Callable[..., float],
     backup: Path | None,
     auto_downsample: bool,
-) -> tuple[dict[str, Any], int]:
+) -> tuple[dict[str, Any], float]:
     """``training`` planned to fit ``time_budget_minutes`` on this machine, and the downsampling to build with.
 
     ``epoch_seconds(**changes)`` times a throwaway copy of the configured network, with
     ``changes`` to its builder's options (``_probe_epoch_seconds``); the random seeds are then
     reset, so the model trained afterwards starts from the same weights as without a budget.
     Epochs that do not fit are cut (``plan_epochs``); with ``auto_downsample``, where fewer than
-    half fit, the network for half-size faces is trained instead (``plan_downsample``).
+    half fit, the network for smaller faces is trained instead (``plan_downsample``).
 
     The schedule, early stopping's start and weight averaging follow the planned epochs, so
     a shortened run still decays its learning rate to the end. A resumed run keeps the plan it
@@ -406,21 +415,30 @@ def _fit_in_budget(
     plan_file = _plan_file(backup)
     if plan_file is not None and plan_file.exists():
         plan = json.loads(plan_file.read_text())
-        logger.info("Resumed run keeps its plan: %d epochs, downsample %d", plan["epochs"], plan.get("downsample", 1))
+        logger.info("Resumed run keeps its plan: %d epochs, downsample %g", plan["epochs"], plan.get("downsample", 1))
     else:
-        full = epoch_seconds()
-        full_planned = plan_epochs(epochs, full, budget)
-        downsample, planned, seconds = 1, full_planned, full
+        full, probed = epoch_seconds(), {}
+
+        def downsampled_seconds(factor: float) -> float:
+            probed[factor] = epoch_seconds(downsample=factor)
+            return probed[factor]
+
+        downsample, planned = 1, plan_epochs(epochs, full, budget)
         if auto_downsample:
-            downsample, planned, seconds = plan_downsample(epochs, full, lambda: epoch_seconds(downsample=2), budget)
-        note = f"; on half-size faces (downsample 2) {seconds:.0f} s, so {planned} of {epochs} fit"
-        (logger.warning if planned < epochs or downsample > 1 else logger.info)(
+            downsample, planned, _ = plan_downsample(epochs, full, downsampled_seconds, budget)
+        notes = [
+            f"faces downsampled by {f:g}: {t:.0f} s, {plan_epochs(epochs, t, budget)} of {epochs}"
+            for f, t in probed.items()
+        ]
+        if downsample != 1:
+            notes.append(f"training with downsample {downsample:g}, {planned} epochs")
+        (logger.warning if planned < epochs or downsample != 1 else logger.info)(
             "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit%s",
             budget,
             full,
-            full_planned,
+            plan_epochs(epochs, full, budget),
             epochs,
-            note if downsample > 1 else "",
+            "".join(f"; {note}" for note in notes),
         )
         plan = {"epochs": planned, "downsample": downsample}
         if plan_file is not None:
@@ -431,7 +449,7 @@ def _fit_in_budget(
     if planned != epochs:
         start = int(training.get("early_stopping_start_epoch") or 0) * planned // epochs
         training = {**training, "epochs": planned, "early_stopping_start_epoch": start}
-    return training, int(plan.get("downsample", 1))
+    return training, plan.get("downsample", 1)
 
 
 def train_model(
@@ -453,8 +471,8 @@ def train_model(
     A run that stops half-way resumes from its last finished epoch when started again
     (``training.backup_dir``), with the epochs it planned. With ``training.time_budget_minutes``
     the epochs are cut to what fits in that time on this machine (measured before training);
-    with ``downsample: auto`` in the architecture's block, the network for half-size faces is
-    trained instead where fewer than half the epochs fit at full size.
+    with ``downsample: auto`` in the architecture's block, the network for smaller faces is
+    trained instead where fewer than half the epochs fit at full size (``plan_downsample``).
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
     target = task["target"]
