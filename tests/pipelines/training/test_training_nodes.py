@@ -361,15 +361,15 @@ def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budg
 @pytest.mark.parametrize(
     ("epochs", "full", "smaller", "budget", "planned", "probed"),
     [
-        (18, 100.0, {}, 34, (1, 18, 100.0), []),  # every epoch fits at full size
-        (18, 150.0, {}, 34, (1, 13, 150.0), []),  # most epochs fit at full size
+        (18, 100.0, {}, 34, (1, 18), []),  # every epoch fits at full size
+        (18, 150.0, {}, 34, (1, 13), []),  # most epochs fit at full size
         # 6 epochs at full size; 9 of 18 on 80 px faces (downsample 1.6): enough
-        (18, 340.0, {1.6: 220.0, 2: 105.0}, 34, (1.6, 9, 220.0), [1.6]),
+        (18, 340.0, {1.6: 220.0, 2: 105.0}, 34, (1.6, 9), [1.6]),
         # 8 of 18 on 80 px faces: not enough; every epoch on 64 px faces
-        (18, 340.0, {1.6: 250.0, 2: 105.0}, 34, (2, 18, 105.0), [1.6, 2]),
-        (18, 800.0, {1.6: 400.0, 2: 200.0}, 34, (2, 10, 200.0), [1.6, 2]),  # not even that: epochs are cut
+        (18, 340.0, {1.6: 250.0, 2: 105.0}, 34, (2, 18), [1.6, 2]),
+        (18, 800.0, {1.6: 400.0, 2: 200.0}, 34, (2, 10), [1.6, 2]),  # not even that: epochs are cut
         # a downsampled network that is not faster changes nothing
-        (18, 340.0, {1.6: 400.0, 2: 400.0}, 34, (1, 6, 340.0), [1.6, 2]),
+        (18, 340.0, {1.6: 400.0, 2: 400.0}, 34, (1, 6), [1.6, 2]),
     ],
 )
 def test_plan_downsample_shrinks_the_faces_before_cutting_epochs(epochs, full, smaller, budget, planned, probed):

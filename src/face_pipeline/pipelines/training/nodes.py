@@ -168,8 +168,8 @@ def plan_downsample(
     downsampled_seconds: Callable[[float], float],
     budget_minutes: float,
     factors: tuple[float, ...] = AUTO_DOWNSAMPLE,
-) -> tuple[float, int, float]:
-    """``(downsample, epochs, seconds per epoch)`` for ``downsample: auto`` in ``budget_minutes``.
+) -> tuple[float, int]:
+    """``(downsample, epochs)`` for ``downsample: auto`` in ``budget_minutes``.
 
     The least downsampling at which at least half the epochs fit: full-size faces, else each of
     ``factors`` in turn; where none holds half, the last one tried, with as many epochs as fit.
@@ -177,14 +177,14 @@ def plan_downsample(
     after a few epochs (docs/benchmarks.md). ``downsampled_seconds(factor)`` times an epoch of
     that network, only when it is needed; one that is not faster than the last is not taken.
     """
-    plan = (1, plan_epochs(epochs, full_seconds, budget_minutes), full_seconds)
+    downsample, seconds = 1, full_seconds
     for factor in factors:
-        if 2 * plan[1] >= epochs:
+        if 2 * plan_epochs(epochs, seconds, budget_minutes) >= epochs:
             break
-        seconds = downsampled_seconds(factor)
-        if seconds < plan[2]:
-            plan = (factor, plan_epochs(epochs, seconds, budget_minutes), seconds)
-    return plan
+        smaller = downsampled_seconds(factor)
+        if smaller < seconds:
+            downsample, seconds = factor, smaller
+    return downsample, plan_epochs(epochs, seconds, budget_minutes)
 
 
 def measure_step_seconds(
@@ -423,9 +423,10 @@ def _fit_in_budget(
             probed[factor] = epoch_seconds(downsample=factor)
             return probed[factor]
 
-        downsample, planned = 1, plan_epochs(epochs, full, budget)
+        full_planned = plan_epochs(epochs, full, budget)
+        downsample, planned = 1, full_planned
         if auto_downsample:
-            downsample, planned, _ = plan_downsample(epochs, full, downsampled_seconds, budget)
+            downsample, planned = plan_downsample(epochs, full, downsampled_seconds, budget)
         notes = [
             f"faces downsampled by {f:g}: {t:.0f} s, {plan_epochs(epochs, t, budget)} of {epochs}"
             for f, t in probed.items()
@@ -436,7 +437,7 @@ def _fit_in_budget(
             "Time budget %s min: an epoch takes about %.0f s here, so %d of %d epochs fit%s",
             budget,
             full,
-            plan_epochs(epochs, full, budget),
+            full_planned,
             epochs,
             "".join(f"; {note}" for note in notes),
         )
