@@ -276,6 +276,61 @@ def test_batch_norm_recalibration_normalises_plain_training_images(data):
     assert nodes.recalibrate_batch_norm(model, images, count=0, seed=0) == 0
 
 
+@pytest.mark.parametrize("better", ["restored", "last"])
+def test_after_re_estimation_the_better_of_restored_and_last_epoch_is_kept(data, better, caplog):
+    images, labels, val_images, val_labels = data
+    model = build_model("default_cnn", images.shape[1:], "gender", filters=[8, 8], dense_units=8)
+    untrained = model.get_weights()
+    model.fit(images, labels["gender"].to_numpy("float32"), epochs=8, batch_size=16, verbose=0)
+    trained = model.get_weights()
+    val_data = make_dataset(val_images, val_labels["gender"].to_numpy("float32"), 16, shuffle=False, seed=0)
+    # The restored epoch's weights are in the model; the last epoch's are the rival.
+    restored, last = (trained, untrained) if better == "restored" else (untrained, trained)
+    model.set_weights(restored)
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        nodes._recalibrate_and_report(model, images, val_data, 64, seed=0, rival=(7, 9, last, "loss"))
+    kept = model.trainable_weights
+    expected = [w for w, variable in zip(trained, model.weights, strict=True) if variable.trainable]
+    for variable, value in zip(kept, expected, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert "Last epoch 9 against the restored epoch 7, both re-estimated" in caplog.text
+    assert f"keeping epoch {7 if better == 'restored' else 9}" in caplog.text
+    # Statistics re-estimated for the weights kept, not left from the other candidate.
+    statistics = [norm.moving_mean.numpy() for norm in nodes._batch_norms(model)]
+    nodes.recalibrate_batch_norm(model, images, 64, seed=0)
+    for norm, mean in zip(nodes._batch_norms(model), statistics, strict=True):
+        np.testing.assert_allclose(norm.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_training_compares_the_last_epoch_when_early_stopping_restored_an_earlier_one(data, monkeypatch, caplog):
+    original = nodes.EpochLog.on_epoch_end
+
+    def worsening_validation(self, epoch, logs=None):
+        original(self, epoch, logs)
+        logs["val_loss"] = float(epoch)  # epoch 1 stays the best for early stopping
+
+    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", worsening_validation)
+    seen = []
+    original_end = nodes.LastEpochWeights.on_epoch_end
+
+    def record(self, epoch, logs=None):
+        seen.append(self.model.get_weights())
+        original_end(self, epoch, logs)
+
+    monkeypatch.setattr(nodes.LastEpochWeights, "on_epoch_end", record)
+    model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "batch_norm": True}}
+    params = training_params(epochs=3, early_stopping_patience=5, batch_norm_recalibration=64)
+    with caplog.at_level("INFO", logger=nodes.__name__):
+        model, _ = train_model(*data, {"target": "gender"}, model_options, params)
+    assert len(seen) == 3
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Last epoch 3 against"))
+    assert "the restored epoch 1" in line
+    kept = int(line.rsplit("keeping epoch ", 1)[1].split()[0])
+    kernel = model.get_layer("stem").kernel.numpy()
+    stem_index = next(i for i, w in enumerate(model.weights) if w is model.get_layer("stem").kernel)
+    np.testing.assert_array_equal(kernel, seen[kept - 1][stem_index])
+
+
 def test_progressive_resizing_shrinks_training_batches_until_its_last_epoch():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, SIZE, SIZE, 1)).astype(np.uint8)

@@ -238,6 +238,21 @@ class TimeLimit(keras.callbacks.Callback):
             )
 
 
+class LastEpochWeights(keras.callbacks.Callback):
+    """Keeps the weights of the last finished epoch; placed before ``EarlyStopping``, which then restores its best."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch: int | None = None  # 0-based
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_end(self, logs=None):
+        self.weights = self.model.get_weights()
+
+
 class WeightAverage(keras.callbacks.Callback):
     """Stochastic weight averaging (Izmailov et al. 2018): the model ends with the mean of its
     weights at the ends of its last ``epochs`` epochs.
@@ -322,6 +337,7 @@ def _callbacks(
             logger.info("Resuming from the last finished epoch saved in %s", backup)
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
     if training.get("early_stopping_patience"):
+        callbacks.append(LastEpochWeights())
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor=monitored,
@@ -566,7 +582,12 @@ def train_model(
         # support where the model runs.
         model = _with_weights_of(model, build(input_shape, learning_rate, precision="float32"))
     _recalibrate_and_report(
-        model, train_images, val_data, int(training.get("batch_norm_recalibration") or 0), training["seed"]
+        model,
+        train_images,
+        val_data,
+        int(training.get("batch_norm_recalibration") or 0),
+        training["seed"],
+        rival=_last_epoch_rival(callbacks, monitored),
     )
     served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
     return served, {_metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()}
@@ -579,10 +600,39 @@ def _with_weights_of(trained: keras.Model, model: keras.Model) -> keras.Model:
     return model
 
 
+def _last_epoch_rival(
+    callbacks: list[keras.callbacks.Callback], monitored: str
+) -> tuple[int, int, list[np.ndarray], str] | None:
+    """(restored epoch, last epoch, last epoch's weights, loss) when early stopping restored an earlier epoch.
+
+    Early stopping compares epochs by validation loss with the running batch-norm statistics of
+    augmented batches, which jump from epoch to epoch even at a small learning rate; after
+    re-estimation the last epoch of a decayed schedule may be the better network.
+    """
+    stopping = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
+    last = next((c for c in callbacks if isinstance(c, LastEpochWeights)), None)
+    if any(isinstance(c, WeightAverage) and c.averaged for c in callbacks):
+        return None  # the average replaced both
+    if stopping is None or last is None or stopping.best_weights is None or last.weights is None:
+        return None
+    if stopping.best_epoch == last.epoch:
+        return None
+    return stopping.best_epoch + 1, last.epoch + 1, last.weights, monitored.removeprefix("val_")
+
+
 def _recalibrate_and_report(
-    model: keras.Model, train_images: np.ndarray, val_data: tf.data.Dataset, count: int, seed: int
+    model: keras.Model,
+    train_images: np.ndarray,
+    val_data: tf.data.Dataset,
+    count: int,
+    seed: int,
+    rival: tuple[int, int, list[np.ndarray], str] | None = None,
 ) -> None:
-    """``recalibrate_batch_norm`` on ``count`` training images, logging validation metrics before and after."""
+    """``recalibrate_batch_norm`` on ``count`` training images, logging validation metrics before and after.
+
+    With a ``rival`` (``_last_epoch_rival``), the last epoch's weights are re-estimated too, and
+    the model keeps whichever of the two has the lower validation loss afterwards.
+    """
     if not count or not _batch_norms(model):
         return
     before = model.evaluate(val_data, verbose=0, return_dict=True)
@@ -590,6 +640,28 @@ def _recalibrate_and_report(
     after = model.evaluate(val_data, verbose=0, return_dict=True)
     changes = ", ".join(f"val_{name} {before[name]:.4f} -> {after[name]:.4f}" for name in after)
     logger.info("Batch-norm statistics re-estimated on %d training images: %s", used, changes)
+    if rival is None:
+        return
+    restored_epoch, last_epoch, last_weights, loss = rival
+    restored_weights = model.get_weights()
+    model.set_weights(last_weights)
+    recalibrate_batch_norm(model, train_images, count, seed)
+    last = model.evaluate(val_data, verbose=0, return_dict=True)
+    keep_last = last[loss] < after[loss]
+    if not keep_last:
+        model.set_weights(restored_weights)
+    kept = last if keep_last else after
+    logger.info(
+        "Last epoch %d against the restored epoch %d, both re-estimated: val_%s %.4f against %.4f; "
+        "keeping epoch %d (%s)",
+        last_epoch,
+        restored_epoch,
+        loss,
+        last[loss],
+        after[loss],
+        last_epoch if keep_last else restored_epoch,
+        ", ".join(f"val_{name} {value:.4f}" for name, value in kept.items()),
+    )
 
 
 def _metric_name(name: str, target: str) -> str:
