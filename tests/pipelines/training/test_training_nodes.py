@@ -311,13 +311,13 @@ def test_training_compares_the_last_epoch_when_early_stopping_restored_an_earlie
 
     monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", worsening_validation)
     seen = []
-    original_end = nodes.LastEpochWeights.on_epoch_end
+    original_end = nodes.EarlyStoppingKeepingLast.on_epoch_end
 
     def record(self, epoch, logs=None):
         seen.append(self.model.get_weights())
         original_end(self, epoch, logs)
 
-    monkeypatch.setattr(nodes.LastEpochWeights, "on_epoch_end", record)
+    monkeypatch.setattr(nodes.EarlyStoppingKeepingLast, "on_epoch_end", record)
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "batch_norm": True}}
     params = training_params(epochs=3, early_stopping_patience=5, batch_norm_recalibration=64)
     with caplog.at_level("INFO", logger=nodes.__name__):
@@ -365,12 +365,12 @@ def test_progressive_resizing_trains_small_and_serves_the_full_size(data, tmp_pa
     monkeypatch.setattr(nodes.ProgressiveResizing, "resize", recording)
     starts = []
 
-    class RecordingEarlyStopping(keras.callbacks.EarlyStopping):
+    class RecordingEarlyStopping(nodes.EarlyStoppingKeepingLast):
         def __init__(self, **kwargs):
             starts.append(kwargs["start_from_epoch"])
             super().__init__(**kwargs)
 
-    monkeypatch.setattr(keras.callbacks, "EarlyStopping", RecordingEarlyStopping)
+    monkeypatch.setattr(nodes, "EarlyStoppingKeepingLast", RecordingEarlyStopping)
     model_options = {**MODEL, "mirror_average": True}
     params = training_params(
         epochs=3,

@@ -238,19 +238,20 @@ class TimeLimit(keras.callbacks.Callback):
             )
 
 
-class LastEpochWeights(keras.callbacks.Callback):
-    """Keeps the weights of the last finished epoch; placed before ``EarlyStopping``, which then restores its best."""
+class EarlyStoppingKeepingLast(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that also keeps the last finished epoch (``last_epoch``, 0-based, and
+    ``last_weights``) before restoring its best weights."""
 
-    def __init__(self):
-        super().__init__()
-        self.epoch: int | None = None  # 0-based
-        self.weights: list[np.ndarray] | None = None
+    last_epoch: int | None = None
+    last_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch = epoch
+        self.last_epoch = epoch
+        super().on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
-        self.weights = self.model.get_weights()
+        self.last_weights = self.model.get_weights()
+        super().on_train_end(logs)
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -337,9 +338,8 @@ def _callbacks(
             logger.info("Resuming from the last finished epoch saved in %s", backup)
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
     if training.get("early_stopping_patience"):
-        callbacks.append(LastEpochWeights())
         callbacks.append(
-            keras.callbacks.EarlyStopping(
+            EarlyStoppingKeepingLast(
                 monitor=monitored,
                 mode="min",
                 patience=int(training["early_stopping_patience"]),
@@ -609,15 +609,14 @@ def _last_epoch_rival(
     augmented batches, which jump from epoch to epoch even at a small learning rate; after
     re-estimation the last epoch of a decayed schedule may be the better network.
     """
-    stopping = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
-    last = next((c for c in callbacks if isinstance(c, LastEpochWeights)), None)
+    stopping = next((c for c in callbacks if isinstance(c, EarlyStoppingKeepingLast)), None)
     if any(isinstance(c, WeightAverage) and c.averaged for c in callbacks):
         return None  # the average replaced both
-    if stopping is None or last is None or stopping.best_weights is None or last.weights is None:
+    if stopping is None or stopping.best_weights is None or stopping.last_weights is None:
         return None
-    if stopping.best_epoch == last.epoch:
+    if stopping.best_epoch == stopping.last_epoch:
         return None
-    return stopping.best_epoch + 1, last.epoch + 1, last.weights, monitored.removeprefix("val_")
+    return stopping.best_epoch + 1, stopping.last_epoch + 1, stopping.last_weights, monitored.removeprefix("val_")
 
 
 def _recalibrate_and_report(
