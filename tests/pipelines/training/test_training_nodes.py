@@ -109,6 +109,19 @@ def test_auxiliary_tasks_learn_their_own_labels_and_are_not_served(data, monkeyp
         assert np.abs(predictions - truth).mean() == pytest.approx(history["val_mae"][-1], rel=0.05)
 
 
+def test_training_outputs_kept_on_request(data):
+    model_options = {**MODEL, "auxiliary": {"age": 0.02}, "mirror_average": True}
+    trained, _ = train_model(*data, {"target": "gender"}, model_options, training_params(), keep_training_outputs=True)
+    # Every head, unaveraged: the auxiliary one predicts its own task, in its own unit.
+    assert set(trained.output) == {"gender", "age"}
+    assert not any(layer.name == "mirrored" for layer in trained.layers)
+    served = inference_model(trained, "age")
+    assert served.output_shape == (None, 1)
+    np.testing.assert_allclose(
+        served.predict(data[2], verbose=0), trained.predict(data[2], verbose=0)["age"], rtol=1e-5
+    )
+
+
 def test_dataset_with_one_target_per_output():
     images = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1)
     targets = {"gender": np.arange(6) % 2, "age": np.arange(6) * 10.0}

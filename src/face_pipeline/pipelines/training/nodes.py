@@ -477,6 +477,7 @@ def train_model(
     task: dict[str, Any],
     model_options: dict[str, Any],
     training: dict[str, Any],
+    keep_training_outputs: bool = False,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build the model named in ``model_options["architecture"]`` and fit it on train, validating on val.
 
@@ -490,6 +491,8 @@ def train_model(
     the epochs are cut to what fits in that time on this machine (measured before training);
     with ``downsample: auto`` in the architecture's block, the network for smaller faces is
     trained instead where fewer than half the epochs fit at full size (``plan_downsample``).
+    ``keep_training_outputs`` returns the trained network with all its outputs (auxiliary tasks
+    included, no mirror averaging) instead of the model to serve.
     """
     configure_runtime(training["seed"], training.get("deterministic", False), training.get("threads"))
     target = task["target"]
@@ -589,7 +592,9 @@ def train_model(
         training["seed"],
         rival=_last_epoch_rival(callbacks, monitored),
     )
-    served = inference_model(model, target, mirror_average=bool(model_options.get("mirror_average")))
+    served = (
+        model if keep_training_outputs else inference_model(model, target, bool(model_options.get("mirror_average")))
+    )
     return served, {_metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()}
 
 
