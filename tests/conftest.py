@@ -44,9 +44,14 @@ def project(tmp_path: Path) -> Path:
 
 
 def use_small_networks(project: Path, epochs: int = 2) -> None:
-    """Tiny models for speed, set as a user would: conf/local changes only the keys it names."""
+    """Tiny models for speed, set as a user would: conf/local changes only the keys it names.
+
+    No time budget: timing a few steps first would add ~14 s per model (the budget's planning is
+    tested in tests/pipelines/training).
+    """
     for task in ("gender", "age"):
-        small = {"model": {"default_cnn": {"stem_filters": 8, "filters": [8, 16]}}, "training": {"epochs": epochs}}
+        training = {"epochs": epochs, "time_budget_minutes": None}
+        small = {"model": {"default_cnn": {"stem_filters": 8, "filters": [8, 16]}}, "training": training}
         (project / f"conf/local/parameters_train_{task}.yml").write_text(yaml.safe_dump({task: small}))
 
 

@@ -26,7 +26,7 @@ from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageSpec, decode_face
 from face_pipeline.models import build_model
 from face_pipeline.predict import PREDICTION_COLUMNS, FacePredictor, load_keras_model
-from face_pipeline.serving import log_face_model, register_models
+from face_pipeline.serving import log_face_model, pinned_requirements, register_models
 
 SIZE = 32
 SPEC = ImageSpec(size=SIZE)
@@ -131,8 +131,9 @@ def face_model_uri(saved_models, tmp_path_factory) -> str:
     mlflow.set_experiment("face_pipeline_tests")
     with mlflow.start_run():
         gender, age = (load_keras_model(saved_models[task]) for task in ("gender", "age"))
-        mlflow.keras.log_model(gender, name="gender_model")  # as kedro-mlflow does in training
-        mlflow.keras.log_model(age, name="age_model")
+        # As kedro-mlflow does in training (conf/base/catalog.yml).
+        mlflow.keras.log_model(gender, name="gender_model", pip_requirements=pinned_requirements())
+        mlflow.keras.log_model(age, name="age_model", pip_requirements=pinned_requirements())
         uri = log_face_model(
             gender,
             age,
