@@ -3,6 +3,8 @@
 import base64
 import json
 import shutil
+from importlib.metadata import version
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -78,6 +80,9 @@ def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     probabilities = model.predict(np.zeros((3, 128, 128, 1), dtype=np.uint8), verbose=0)
     assert probabilities.shape == (3, 1)
     assert mlflow.pyfunc.load_model(logged.model_uri).predict(np.zeros((1, 128, 128, 1), np.uint8)).shape == (1, 1)
+    # Pinned to what is installed, not inferred.
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(logged.model_uri)).read_text().split()
+    assert f"keras=={version('keras')}" in requirements and f"numpy=={version('numpy')}" in requirements
     versions = list((project / "data/06_models/gender_model.keras").iterdir())
     assert len(versions) == 1  # one versioned native Keras file per run
 
@@ -156,6 +161,18 @@ def settings_for(project, env=None, runtime_params=None) -> dict:
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
         return session.load_context().params
+
+
+def test_logged_networks_name_their_pinned_requirements(project):
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    from face_pipeline.serving import pinned_requirements  # noqa: PLC0415
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project) as session:
+        catalog = session.load_context().config_loader["catalog"]
+    assert catalog["{task}.mlflow_model"]["save_args"]["pip_requirements"] == pinned_requirements()
 
 
 def test_environments_and_params_change_single_keys(project):

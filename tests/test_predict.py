@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -148,6 +149,12 @@ def face_model_uri(saved_models, tmp_path_factory) -> str:
             "face_model": 1,
         }
     return uri
+
+
+def test_requirements_are_pinned_to_the_installed_versions():
+    wanted = (("no-such-distribution", "keras"), ("numpy", "keras"), ("no-such-distribution",))
+    assert pinned_requirements(wanted) == [f"keras=={metadata.version('keras')}", f"numpy=={metadata.version('numpy')}"]
+    assert pinned_requirements()[1:] == [f"keras=={metadata.version('keras')}", f"numpy=={metadata.version('numpy')}"]
 
 
 def test_registered_models_load_by_name(face_model_uri):
