@@ -68,12 +68,8 @@ def trained_project(tmp_path_factory) -> Path:
 
 def kedro(project: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> str:
     """Run the ``kedro`` CLI in ``project``; fail with its output if it fails."""
-    environment = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-        "COLUMNS": "200",
-        **(env or {}),
-    }
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", **(env or {})}
+    environment.pop("COLUMNS", None)  # the log's width is the project's own, as in CI
     kedro_cli = Path(sys.executable).with_name("kedro")
     result = subprocess.run(
         [str(kedro_cli), *args],

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -51,7 +52,11 @@ def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     faces = tmp_path / "faces"
     write_utkface_folder(faces, 48, size=64)
     use_small_networks(project)
-    kedro(project, "run", "--pipelines=train_gender", env={"FACE_DATA_DIR": str(faces)})
+    output = kedro(project, "run", "--pipelines=train_gender", env={"FACE_DATA_DIR": str(faces)})
+    # Not a terminal: one whole log line per epoch.
+    for epoch in (1, 2):
+        metrics = r"accuracy=\S+ auc=\S+ loss=\S+ val_accuracy=\S+ val_auc=\S+ val_loss=\S+"
+        assert re.search(rf"INFO +epoch {epoch}: {metrics} \(\d+ s\)", output), output[-3000:]
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["face_pipeline"], output_format="list")

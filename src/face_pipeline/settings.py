@@ -1,6 +1,7 @@
 """Project settings. See https://docs.kedro.org/en/stable/configure/configuration_basics/."""
 
 import os
+import sys
 
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
@@ -17,6 +18,11 @@ def network_requirements() -> list[str]:
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Without a terminal (CI, `kedro run > run.log`) Kedro's rich log handler wraps lines at 80
+# columns, splitting each epoch's metrics over several lines; wider keeps each on one line.
+if not sys.stdout.isatty():
+    os.environ.setdefault("COLUMNS", "250")
 
 # kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
 HOOKS = (MlflowTagsHook(),)
