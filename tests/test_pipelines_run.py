@@ -159,24 +159,23 @@ def test_kedro_viz_export_lists_every_pipeline_and_node(project):
     assert {"gender", "age"} <= groups
 
 
-def settings_for(project, env=None, runtime_params=None) -> dict:
+def context_for(project, env=None, runtime_params=None):
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
-        return session.load_context().params
+        return session.load_context()
+
+
+def settings_for(project, env=None, runtime_params=None) -> dict:
+    return context_for(project, env, runtime_params).params
 
 
 def test_logged_networks_name_their_pinned_requirements(project):
-    from kedro.framework.session import KedroSession  # noqa: PLC0415
-    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
-
     from face_pipeline.serving import pinned_requirements  # noqa: PLC0415
 
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
-        catalog = session.load_context().config_loader["catalog"]
+    catalog = context_for(project).config_loader["catalog"]
     assert catalog["{task}.mlflow_model"]["save_args"]["pip_requirements"] == pinned_requirements()
 
 
