@@ -85,7 +85,7 @@ def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
     probabilities = model.predict(np.zeros((3, 128, 128, 1), dtype=np.uint8), verbose=0)
     assert probabilities.shape == (3, 1)
     assert mlflow.pyfunc.load_model(logged.model_uri).predict(np.zeros((1, 128, 128, 1), np.uint8)).shape == (1, 1)
-    # Pinned to what is installed, not inferred.
+    # Its requirements name the versions installed.
     requirements = Path(mlflow.pyfunc.get_model_dependencies(logged.model_uri)).read_text().split()
     assert f"keras=={version('keras')}" in requirements and f"numpy=={version('numpy')}" in requirements
     versions = list((project / "data/06_models/gender_model.keras").iterdir())

@@ -7,14 +7,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook
-
-
-def network_requirements() -> list[str]:
-    """``${network_requirements:}``: the pinned pip requirements of a logged Keras network."""
-    from face_pipeline.serving import pinned_requirements  # noqa: PLC0415
-
-    return pinned_requirements()
-
+from face_pipeline.serving import pinned_requirements
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,7 +26,8 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # Kedro allows ${oc.env:...} only in credentials by default; globals.yml and mlflow.yml use
     # it so FACE_DATA_DIR and MLFLOW_TRACKING_URI work without editing configuration.
-    "custom_resolvers": {"oc.env": oc.env, "network_requirements": network_requirements},
+    # ${network_requirements:} in the catalog: the pinned pip requirements of a logged network.
+    "custom_resolvers": {"oc.env": oc.env, "network_requirements": pinned_requirements},
     # Environments (conf/local, conf/seed) and --params change single keys of conf/base
     # instead of replacing whole top-level blocks.
     "merge_strategy": {"parameters": "soft"},
