@@ -23,8 +23,8 @@ from PIL import Image
 from skimage import data
 
 from face_pipeline.console import cli
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec, decode_face
+from face_pipeline.faces import DetectionSettings, face_chip, find_faces
+from face_pipeline.images import ImageSpec, convert_pixels, decode_face, face_input, load_image
 from face_pipeline.models import build_model
 from face_pipeline.predict import PREDICTION_COLUMNS, FacePredictor, load_keras_model
 from face_pipeline.serving import log_face_model, pinned_requirements, register_models
@@ -61,10 +61,31 @@ def test_rows_for_faces_no_faces_and_bad_files():
     assert len(gender.inputs[0]) == 2  # both faces in one batch
 
 
-def test_a_crop_gets_exactly_the_training_preprocessing():
+def test_without_detection_a_photo_gets_exactly_the_training_preprocessing():
     gender = Recorder(0.5)
-    FacePredictor(gender, Recorder(30), SPEC, DetectionSettings(mode="auto")).predict([("crop.png", CROP)])
+    FacePredictor(gender, Recorder(30), SPEC, DetectionSettings(mode="never")).predict([("crop.png", CROP)])
     np.testing.assert_array_equal(gender.inputs[0][0], decode_face(CROP, SPEC))
+
+
+def test_a_detected_face_is_aligned_then_gets_the_training_preprocessing():
+    gender, settings = Recorder(0.5), DetectionSettings(mode="auto")
+    table = FacePredictor(gender, Recorder(30), SPEC, settings).predict([("photo.jpg", PHOTO)])
+    rgb = load_image(PHOTO, ImageSpec(color_mode="rgb"))
+    [face] = find_faces(rgb, settings)
+    expected = face_input(convert_pixels(face_chip(rgb, face, settings), "grayscale"), SPEC)
+    np.testing.assert_array_equal(gender.inputs[0][0], expected)
+    assert table.loc[0, ["box_x", "box_y", "box_size"]].tolist() == [face.box.x, face.box.y, face.box.size]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_streamed_chunks_cover_every_photo_in_order(workers):
+    photos = [(f"{index}.jpg", PHOTO if index % 3 else b"broken") for index in range(7)]
+    predictor = FacePredictor(Recorder(0.5), Recorder(30), SPEC, workers=workers, chunk_size=2)
+    chunks = list(predictor.predict_stream(photos))
+    assert [len(chunk) for chunk in chunks] == [2, 2, 2, 1]
+    table = pd.concat(chunks, ignore_index=True)
+    assert table["file"].tolist() == [name for name, _ in photos]
+    assert table["status"].tolist() == ["error" if index % 3 == 0 else "ok" for index in range(7)]
 
 
 def test_loader_errors_become_rows():

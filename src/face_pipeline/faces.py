@@ -1,20 +1,61 @@
-"""Face detection before the networks: OpenCV's Haar cascade, which ships inside opencv-python.
+"""Face detection before the networks: MediaPipe's BlazeFace on LiteRT, then alignment.
 
-The networks were trained on UTKFace's "aligned & cropped" faces, which show the whole head with
-some margin. A detected box is therefore enlarged by ``margin`` on every side and made square
-before it goes through the same ``face_input`` as the training images.
+BlazeFace finds each face with six landmarks (eye centres, nose tip, mouth centre, ear tragions).
+``find_faces`` maps every detected face onto the geometry of the training chips (see
+``alignment``), so a face in any photo reaches the networks framed as UTKFace's chips are. The
+model files ship inside this package (``assets/``): nothing is downloaded at run time.
+
+This module must stay free of TensorFlow imports: it runs in worker processes.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import itertools
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from face_pipeline.alignment import ChipGeometry, Point, align
+
 DETECT_MODES = ("auto", "always", "never")
+ASSETS = Path(__file__).parent / "assets"
+# Landmark names in BlazeFace's output order, for an un-mirrored photo: "left" is image-left
+# (the subject's right).
+LANDMARKS = ("eye_left", "eye_right", "nose", "mouth", "ear_left", "ear_right")
+# Where BlazeFace puts those landmarks on UTKFace's 200x200 chips: the median over 2,000 chips
+# (bench/chip_geometry.py: 1,999 found, the eye line at +0.6 deg, levelled here as dlib and
+# MTCNN both measure it level). The ears are left out: often hidden, and far off on turned heads.
+UTKFACE_CHIP = {
+    "size": 200,
+    "landmarks": {
+        "eye_left": (59.3, 60.3),
+        "eye_right": (138.8, 60.3),
+        "nose": (99.1, 104.3),
+        "mouth": (98.4, 143.0),
+    },
+}
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    """One BlazeFace variant: its file and the SSD anchor layout its outputs refer to."""
+
+    file: str
+    input_size: int
+    strides: tuple[int, ...]
+    anchors_per_cell: int
+
+
+# From MediaPipe's face_detection_{short,full}_range_common.pbtxt.
+DETECTOR_MODELS = {
+    "short_range": DetectorModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2),
+    "full_range": DetectorModel("face_detection_full_range.tflite", 192, (4,), 1),
+}
 
 
 @dataclass(frozen=True)
@@ -30,76 +71,223 @@ class FaceBox:
 
 
 @dataclass(frozen=True)
+class Face:
+    """A face found in a photo: its square box, the detector's score and its landmarks in pixels.
+
+    A face without landmarks is a whole image taken as one face (``never`` mode, or a face crop in
+    which ``auto`` found none): it is centre-cropped instead of aligned.
+    """
+
+    box: FaceBox
+    score: float | None = None
+    landmarks: Mapping[str, Point] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DetectionSettings:
+    """How faces are found in a photo and framed for the networks (``predict.detection``)."""
+
     mode: str = "auto"
-    margin: float = 0.4
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
-    min_face_fraction: float = 0.05
-    crop_face_fraction: float = 0.25
+    model: str = "short_range"
+    min_score: float = 0.5
+    overlap: float = 0.3
+    border: float = 0.15
+    context: float = 2.0
     crop_max_side: int = 400
     max_side: int = 1024
+    chip: ChipGeometry = field(default_factory=lambda: ChipGeometry.from_params(UTKFACE_CHIP))
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> DetectionSettings:
-        settings = cls(**{key: params[key] for key in cls.__dataclass_fields__ if key in params})
+    def from_params(cls, params: Mapping[str, Any]) -> DetectionSettings:
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) in predict.detection: {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        values = dict(params)
+        if "chip" in values:
+            values["chip"] = ChipGeometry.from_params(values["chip"])
+        settings = cls(**values)
         if settings.mode not in DETECT_MODES:
-            raise ValueError(f"detect_faces must be one of {DETECT_MODES}, got {settings.mode!r}")
+            raise ValueError(f"predict.detection.mode must be one of {DETECT_MODES}, got {settings.mode!r}")
+        if settings.model not in DETECTOR_MODELS:
+            raise ValueError(
+                f"predict.detection.model must be one of {sorted(DETECTOR_MODELS)}, got {settings.model!r}"
+            )
         return settings
 
-
-@functools.cache
-def _cascade() -> cv2.CascadeClassifier:
-    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise RuntimeError(f"OpenCV's face cascade could not be loaded from {path}")
-    return cascade
+    def to_params(self) -> dict[str, Any]:
+        """The settings as plain values (what ``from_params`` reads back), for saving with a model."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "chip"}
+        chip = {"size": self.chip.size, "landmarks": {k: list(v) for k, v in self.chip.landmarks.items()}}
+        return {**values, "chip": chip}
 
 
-def _gray(pixels: np.ndarray) -> np.ndarray:
-    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+def _anchors(model: DetectorModel) -> np.ndarray:
+    """Anchor centres ``(N, 2)`` in [0, 1], in the order of the model's outputs.
 
-
-def detect(pixels: np.ndarray, settings: DetectionSettings) -> list[tuple[int, int, int, int]]:
-    """Raw detections ``(x, y, w, h)``, largest first."""
-    gray = cv2.equalizeHist(_gray(pixels))
-    smallest = max(20, int(min(gray.shape) * settings.min_face_fraction))
-    boxes = _cascade().detectMultiScale(
-        gray, scaleFactor=settings.scale_factor, minNeighbors=settings.min_neighbors, minSize=(smallest, smallest)
-    )
-    return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
-
-
-def expand(box: tuple[int, int, int, int], margin: float, height: int, width: int) -> FaceBox:
-    """Square box around ``box`` with ``margin`` x its size added on each side, kept inside the image."""
-    x, y, w, h = box
-    side = min(round(max(w, h) * (1 + 2 * margin)), height, width)
-    center_x, center_y = x + w / 2, y + h / 2
-    left = round(min(max(center_x - side / 2, 0), width - side))
-    top = round(min(max(center_y - side / 2, 0), height - side))
-    return FaceBox(left, top, side)
-
-
-def find_faces(pixels: np.ndarray, settings: DetectionSettings) -> list[FaceBox]:
-    """Where the faces are.
-
-    ``never``: the whole image is one face. ``always``: only detected faces (maybe none).
-    ``auto``: detected faces, except that an image which already is a face crop counts as one
-    face: near-square, and either one face fills at least ``crop_face_fraction`` of it, or no
-    face is found and it is no larger than ``crop_max_side`` (the detector often misses faces
-    that fill the whole frame).
+    Consecutive layers of one stride share a grid: each cell holds all their anchors in a row.
     """
+    centres = []
+    for stride, layers in itertools.groupby(model.strides):
+        cells = model.input_size // stride
+        grid = (np.stack(np.meshgrid(np.arange(cells), np.arange(cells)), axis=-1).reshape(-1, 2) + 0.5) / cells
+        centres.append(np.repeat(grid, model.anchors_per_cell * len(list(layers)), axis=0))
+    return np.concatenate(centres).astype(np.float32)
+
+
+class BlazeFace:
+    """A BlazeFace model on the LiteRT interpreter. Not thread-safe: see ``detector``."""
+
+    def __init__(self, model: DetectorModel, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - only where faces are detected
+
+        self.model = model
+        self.interpreter = Interpreter(model_path=str(ASSETS / model.file), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        # Outputs: scores (1, N, 1) and box + landmark offsets (1, N, 16).
+        scores, offsets = sorted(self.interpreter.get_output_details(), key=lambda output: output["shape"][-1])
+        self.scores_index, self.offsets_index = scores["index"], offsets["index"]
+        self.anchors = _anchors(model)
+
+    def __call__(self, rgb: np.ndarray, min_score: float, overlap: float) -> list[Face]:
+        """Faces in an ``(H, W, 3)`` uint8 RGB image, most confident first."""
+        height, width = rgb.shape[:2]
+        side = max(height, width)
+        # The network sees the photo letterboxed into a square, as MediaPipe feeds it.
+        top, left = (side - height) // 2, (side - width) // 2
+        square = cv2.copyMakeBorder(rgb, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT)
+        size = self.model.input_size
+        small = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+        self.interpreter.set_tensor(self.input_index, (small.astype(np.float32) / 127.5 - 1.0)[None])
+        self.interpreter.invoke()
+        logits = self.interpreter.get_tensor(self.scores_index)[0, :, 0]
+        candidates = np.flatnonzero(logits > np.log(min_score / (1 - min_score)))
+        if not len(candidates):
+            return []
+        scores = 1 / (1 + np.exp(-np.clip(logits[candidates], -80, 80)))
+        offsets = self.interpreter.get_tensor(self.offsets_index)[0, candidates].reshape(-1, 8, 2) / size
+        anchors = self.anchors[candidates][:, None, :]
+        centres, extents = offsets[:, 0] + anchors[:, 0], offsets[:, 1]
+        boxes = np.concatenate([centres - extents / 2, centres + extents / 2], axis=1) * side - [left, top, left, top]
+        points = (offsets[:, 2:] + anchors) * side - [left, top]
+        return [_face(box, score, landmarks) for box, landmarks, score in _blend(boxes, points, scores, overlap)]
+
+
+def _blend(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, overlap: float):
+    """MediaPipe's weighted non-maximum suppression: overlapping detections are averaged by score."""
+    order = np.argsort(-scores)
+    while len(order):
+        best = boxes[order[0]]
+        top_left = np.maximum(best[:2], boxes[order, :2])
+        bottom_right = np.minimum(best[2:], boxes[order, 2:])
+        intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+        areas = np.prod(boxes[order, 2:] - boxes[order, :2], axis=1)
+        iou = intersection / (areas[0] + areas - intersection + 1e-9)
+        group, weights = order[iou > overlap], scores[order[iou > overlap]]
+        yield (
+            (boxes[group] * weights[:, None]).sum(0) / weights.sum(),
+            (points[group] * weights[:, None, None]).sum(0) / weights.sum(),
+            float(scores[order[0]]),
+        )
+        order = order[iou <= overlap]
+
+
+def _face(box: np.ndarray, score: float, points: np.ndarray) -> Face:
+    landmarks = dict(zip(LANDMARKS, (tuple(map(float, point)) for point in points), strict=True))
+    if landmarks["eye_left"][0] > landmarks["eye_right"][0]:  # a mirrored or upside-down face
+        landmarks["eye_left"], landmarks["eye_right"] = landmarks["eye_right"], landmarks["eye_left"]
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    square = FaceBox(round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2), round(side))
+    return Face(square, score, landmarks)
+
+
+_local = threading.local()
+
+
+def detector(model: str, threads: int = 1) -> BlazeFace:
+    """This thread's detector: LiteRT interpreters must not be shared between threads."""
+    cache = _local.__dict__.setdefault("detectors", {})
+    if (model, threads) not in cache:
+        cache[model, threads] = BlazeFace(DETECTOR_MODELS[model], threads)
+    return cache[model, threads]
+
+
+def whole_image(pixels: np.ndarray) -> Face:
+    """The image's centred square as one face, without landmarks."""
     height, width = pixels.shape[:2]
     side = min(height, width)
-    whole = FaceBox((width - side) // 2, (height - side) // 2, side)
+    return Face(FaceBox((width - side) // 2, (height - side) // 2, side))
+
+
+def find_faces(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
+    """The faces in an ``(H, W, 3)`` uint8 RGB photo, most confident first.
+
+    ``never``: the whole image is one face. ``always``: detected faces only (maybe none).
+    ``auto``: detected faces; a near-square image no larger than ``crop_max_side`` in which
+    none is found is taken as a face crop (one face, the whole image).
+    """
     if settings.mode == "never":
-        return [whole]
-    boxes = detect(pixels, settings)
-    if settings.mode == "auto":
-        largest = boxes[0][2] * boxes[0][3] if boxes else 0
-        square = 0.75 <= width / height <= 1.33
-        small = side <= settings.crop_max_side
-        if square and ((not boxes and small) or largest >= settings.crop_face_fraction * width * height):
-            return [whole]
-    return [expand(box, settings.margin, height, width) for box in boxes]
+        return [whole_image(rgb)]
+    faces = detect(rgb, settings)
+    if not faces and settings.mode == "auto":
+        height, width = rgb.shape[:2]
+        if 0.75 <= width / height <= 1.33 and min(height, width) <= settings.crop_max_side:
+            return [whole_image(rgb)]
+    return faces
+
+
+def detect(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
+    """Detected faces, each with landmarks measured again on a crop around it.
+
+    BlazeFace places landmarks differently on a small face in a large photo than on a face that
+    fills the frame, so each face is detected a second time in a square of ``context`` times its
+    box: every face's landmarks then come from the same framing, the one the chip geometry was
+    measured with. The first pass sees the photo with a ``border`` of black around it, so a face
+    that fills a tight crop is still found.
+    """
+    model = detector(settings.model)
+    padding = round(settings.border * max(rgb.shape[:2]))
+    found = model(_padded(rgb, padding), settings.min_score, settings.overlap)
+    faces = []
+    for first in found:
+        face = _shifted(first, -padding, -padding)
+        side = round(face.box.size * settings.context)
+        left = round(face.box.x + face.box.size / 2 - side / 2)
+        top = round(face.box.y + face.box.size / 2 - side / 2)
+        again = model(_window(rgb, left, top, side), settings.min_score, settings.overlap)
+        landmarks = _shifted(again[0], left, top).landmarks if again else face.landmarks
+        faces.append(Face(face.box, face.score, landmarks))
+    return faces
+
+
+def _padded(rgb: np.ndarray, padding: int) -> np.ndarray:
+    return cv2.copyMakeBorder(rgb, padding, padding, padding, padding, cv2.BORDER_CONSTANT) if padding else rgb
+
+
+def _window(rgb: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
+    """The square ``side`` x ``side`` at (``left``, ``top``), black where it leaves the photo."""
+    inside = rgb[max(top, 0) : max(top + side, 0), max(left, 0) : max(left + side, 0)]
+    return cv2.copyMakeBorder(
+        inside,
+        max(-top, 0),
+        side - inside.shape[0] - max(-top, 0),
+        max(-left, 0),
+        side - inside.shape[1] - max(-left, 0),
+        cv2.BORDER_CONSTANT,
+    )
+
+
+def _shifted(face: Face, dx: float, dy: float) -> Face:
+    box = FaceBox(round(face.box.x + dx), round(face.box.y + dy), face.box.size)
+    landmarks = {name: (x + dx, y + dy) for name, (x, y) in face.landmarks.items()}
+    return Face(box, face.score, landmarks)
+
+
+def face_chip(rgb: np.ndarray, face: Face, settings: DetectionSettings) -> np.ndarray:
+    """The face framed like a training chip: aligned on its landmarks, or its box cropped if it has none."""
+    if face.landmarks:
+        return align(rgb, face.landmarks, settings.chip)
+    return face.box.crop(rgb)

@@ -183,6 +183,11 @@ def load_image(data: bytes, spec: ImageSpec, min_side: int | None = None) -> np.
     return pixels
 
 
+def convert_pixels(pixels: np.ndarray, color_mode: str) -> np.ndarray:
+    """An RGB ``(H, W, 3)`` uint8 array in ``color_mode`` (grayscale: ITU-R 601 luma, as JPEG's)."""
+    return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if color_mode == "grayscale" else pixels
+
+
 def face_input(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """A face (whole image or detected crop) -> the network input, shape ``spec.shape``."""
     return resize_square(pixels, spec.size, spec.resample).reshape(spec.shape)

@@ -9,8 +9,9 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -45,7 +46,9 @@ def map_chunks(
 
     With one worker the chunks run in this process (no start-up or pickling
     cost); with more, in a pool of processes started by a fork server, which is
-    safe even when the parent has TensorFlow threads running.
+    safe even when the parent has TensorFlow threads running. At most two
+    chunks per worker are in flight, so results wait in memory only as long as
+    the caller keeps up: memory does not grow with the number of items.
     """
     workers = resolve_workers(workers)
     chunks = chunked(items, max(1, chunk_size))
@@ -53,9 +56,9 @@ def map_chunks(
     started = time.perf_counter()
     offset = 0
     if workers == 1 or len(chunks) <= 1:
-        results = (func(chunk, **kwargs) for chunk in chunks)
+        results: Iterator[Result] = (func(chunk, **kwargs) for chunk in chunks)
     else:
-        results = worker_pool(workers, func.__module__).map(_call, [(func, chunk, kwargs) for chunk in chunks])
+        results = _bounded_map(worker_pool(workers, func.__module__), func, chunks, kwargs, 2 * workers)
     try:
         for chunk, result in zip(chunks, results, strict=True):
             yield offset, result
@@ -75,6 +78,23 @@ def map_chunks(
     )
 
 
+def _bounded_map(
+    pool: Executor, func: Callable[..., Result], chunks: Sequence[Sequence[Any]], kwargs: dict[str, Any], ahead: int
+) -> Iterator[Result]:
+    """``pool.map`` in order, with at most ``ahead`` chunks submitted and not yet taken."""
+    pending: deque[Future] = deque()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(func, chunk, **kwargs))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:  # the caller stopped early
+            future.cancel()
+
+
 @functools.cache
 def worker_pool(workers: int, preload_module: str) -> ProcessPoolExecutor:
     """A pool kept for the life of the process, so consecutive nodes skip start-up.
@@ -87,8 +107,3 @@ def worker_pool(workers: int, preload_module: str) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     atexit.register(pool.shutdown, cancel_futures=True)
     return pool
-
-
-def _call(task: tuple[Callable[..., Result], Sequence[Any], dict[str, Any]]) -> Result:
-    func, chunk, kwargs = task
-    return func(chunk, **kwargs)

@@ -1,4 +1,4 @@
-"""Age and gender for the faces in any photo: detection, the shared preprocessing, both networks.
+"""Age and gender for the faces in any photo: detection, alignment, the shared preprocessing, both networks.
 
 ``FacePredictor`` is used by the ``predict`` pipeline, the ``face-pipeline predict`` command and
 the served MLflow model alike, so all three give the same answer for the same photo.
@@ -7,16 +7,17 @@ the served MLflow model alike, so all three give the same answer for the same ph
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from face_pipeline.faces import DetectionSettings, find_faces
-from face_pipeline.images import ImageRejected, ImageSpec, face_input, load_image
+from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
+from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_image
+from face_pipeline.parallel import map_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -67,50 +68,98 @@ def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.n
     )
 
 
+def prepare_photo(
+    name: str, data: bytes | Callable[[], bytes], spec: ImageSpec, detection: DetectionSettings
+) -> tuple[list[dict], list[np.ndarray]]:
+    """Rows (without predictions) and network inputs for one photo; failures become rows.
+
+    ``data`` is the photo's bytes or a function returning them (a catalog loader). With detection
+    off the photo gets exactly the training images' preprocessing (``decode_face``); otherwise
+    each face found is aligned onto the training chips' geometry, then goes through the same
+    ``face_input``.
+    """
+    try:
+        data = data() if callable(data) else data
+        if detection.mode == "never":
+            pixels = load_image(data, spec, min_side=spec.size)
+            return [_row(name, 0, whole_image(pixels))], [face_input(pixels, spec)]
+        rgb = load_image(data, replace(spec, color_mode="rgb"), min_side=detection.max_side)
+    except ImageRejected as exc:
+        return [{"file": name, "status": "error", "reason": str(exc)}], []
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+        return [{"file": name, "status": "error", "reason": f"unreadable image: {type(exc).__name__}: {exc}"}], []
+    faces = find_faces(rgb, detection)
+    if not faces:
+        return [{"file": name, "status": "no face", "reason": "no face detected"}], []
+    chips = [convert_pixels(face_chip(rgb, face, detection), spec.color_mode) for face in faces]
+    return [_row(name, index, face) for index, face in enumerate(faces)], [face_input(c, spec) for c in chips]
+
+
+def _row(name: str, index: int, face: Face) -> dict:
+    box = face.box
+    return {"file": name, "face": index, "box_x": box.x, "box_y": box.y, "box_size": box.size, "status": "ok"}
+
+
+def prepare_photos(
+    photos: Sequence[tuple[str, bytes | Callable[[], bytes]]], spec: ImageSpec, detection: DetectionSettings
+) -> tuple[list[dict], np.ndarray]:
+    """``prepare_photo`` for a chunk of photos: all rows, and the inputs stacked in one array."""
+    rows: list[dict] = []
+    inputs: list[np.ndarray] = []
+    for name, data in photos:
+        photo_rows, photo_inputs = prepare_photo(name, data, spec, detection)
+        rows.extend(photo_rows)
+        inputs.extend(photo_inputs)
+    return rows, np.stack(inputs) if inputs else np.empty((0, *spec.shape), dtype=np.uint8)
+
+
 @dataclass
 class FacePredictor:
+    """Detection, alignment, ``face_input`` and both networks, for any number of photos.
+
+    Photos are decoded, searched and aligned ``chunk_size`` at a time in ``workers`` processes
+    (1: in this one), while this process runs the networks on the faces of earlier chunks;
+    memory does not grow with the number of photos.
+    """
+
     gender_model: Any
     age_model: Any
     spec: ImageSpec = field(default_factory=ImageSpec)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     batch_size: int = 64
+    workers: int | None = 1
+    chunk_size: int = 64
 
     def faces(self, name: str, data: bytes | Callable[[], bytes]) -> tuple[list[dict], list[np.ndarray]]:
-        """Rows (without predictions) and network inputs for one photo; failures become rows.
+        """Rows (without predictions) and network inputs for one photo; failures become rows."""
+        return prepare_photo(name, data, self.spec, self.detection)
 
-        ``data`` is the photo's bytes or a function returning them (a catalog loader).
-        """
-        try:
-            data = data() if callable(data) else data
-            pixels = load_image(data, self.spec, min_side=self.detection.max_side)
-        except ImageRejected as exc:
-            return [{"file": name, "status": "error", "reason": str(exc)}], []
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-            return [{"file": name, "status": "error", "reason": f"unreadable image: {type(exc).__name__}: {exc}"}], []
-        boxes = find_faces(pixels, self.detection)
-        if not boxes:
-            return [{"file": name, "status": "no face", "reason": "no face detected"}], []
-        rows = [
-            {"file": name, "face": index, "box_x": box.x, "box_y": box.y, "box_size": box.size, "status": "ok"}
-            for index, box in enumerate(boxes)
-        ]
-        return rows, [face_input(box.crop(pixels), self.spec) for box in boxes]
+    def predict_stream(self, photos: Iterable[tuple[str, bytes | Callable[[], bytes]]]) -> Iterator[pd.DataFrame]:
+        """One table per chunk of photos, in input order: one row per face found, or per photo
+        without a usable face."""
+        for _, (rows, inputs) in map_chunks(
+            prepare_photos,
+            list(photos),
+            workers=self.workers,
+            chunk_size=self.chunk_size,
+            description="Predicting",
+            spec=self.spec,
+            detection=self.detection,
+        ):
+            yield self._predictions(rows, inputs)
 
     def predict(self, photos: Iterable[tuple[str, bytes | Callable[[], bytes]]]) -> pd.DataFrame:
         """One row per face found (or per photo without a usable face), in input order."""
-        rows: list[dict] = []
-        inputs: list[np.ndarray] = []
-        for name, data in photos:
-            photo_rows, photo_inputs = self.faces(name, data)
-            rows.extend(photo_rows)
-            inputs.extend(photo_inputs)
+        tables = list(self.predict_stream(photos))
+        return pd.concat(tables, ignore_index=True) if tables else self._predictions([], np.empty(0))
+
+    def _predictions(self, rows: list[dict], inputs: np.ndarray) -> pd.DataFrame:
         table = pd.DataFrame(rows, columns=PREDICTION_COLUMNS).astype(
             {"gender": "object", "female_probability": "float64", "age": "float64", "reason": "object"}
         )
-        if inputs:
-            batch = np.stack(inputs)
-            female = predict_in_batches(self.gender_model, batch, self.batch_size).astype(np.float64)
-            years = predict_in_batches(self.age_model, batch, self.batch_size).astype(np.float64)
+        if len(inputs):
+            female = predict_in_batches(self.gender_model, inputs, self.batch_size).astype(np.float64)
+            years = predict_in_batches(self.age_model, inputs, self.batch_size).astype(np.float64)
             ok = table["status"] == "ok"
             table.loc[ok, "female_probability"] = np.round(female, 4)
             table.loc[ok, "gender"] = np.where(female >= 0.5, "female", "male")
