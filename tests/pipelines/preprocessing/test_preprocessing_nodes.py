@@ -4,9 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from fake_faces import encode, face_like, utkface_name
+from PIL import Image
+from skimage import data
 
 from face_pipeline.datasets import NumpyDataset
+from face_pipeline.faces import DetectionSettings
+from face_pipeline.images import ImageSpec
 from face_pipeline.pipelines.preprocessing.nodes import LABEL_COLUMNS, preprocess_split, report_failures
+from face_pipeline.predict import prepare_photo
 
 PARAMS = {"image": {"size": 32, "color_mode": "grayscale"}, "workers": 1, "chunk_size": 4}
 
@@ -82,3 +87,23 @@ def test_numpy_dataset_round_trip_is_memory_mapped(tmp_path):
     in_memory = NumpyDataset(filepath=str(tmp_path / "arrays" / "x.npy"), mmap_mode=None).load()
     assert not isinstance(in_memory, np.memmap)
     np.testing.assert_array_equal(in_memory, array)
+
+
+def test_with_detection_photos_are_aligned_as_for_prediction_and_faceless_ones_reported():
+    photo = encode(Image.fromarray(data.astronaut()), quality=90)
+    noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)))
+    manifest = pd.DataFrame(
+        [
+            {"image_id": name, "path": f"/photos/{name}", "age": 40, "gender": 1, "race": 0, "split": "test"}
+            for name in ("astronaut.jpg", "noise.jpg")
+        ]
+    )
+    loaders = {"astronaut.jpg": partial(bytes, photo), "noise.jpg": partial(bytes, noise)}
+    detection = {"mode": "auto"}
+    images, labels, failures = preprocess_split(manifest, loaders, {**PARAMS, "detection": detection}, "test")
+    assert labels["image_id"].tolist() == ["astronaut.jpg"]
+    _, [expected] = prepare_photo("", photo, ImageSpec(size=32), DetectionSettings.from_params(detection))
+    np.testing.assert_array_equal(images[0], expected)
+    assert failures.to_dict("records") == [
+        {"path": "/photos/noise.jpg", "reason": "no face", "detail": "no face detected"}
+    ]

@@ -79,8 +79,9 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
 def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeline:
     """Score the saved models on another labelled folder, without retraining.
 
-    The folder (``external_images``) goes through the same ingestion and preprocessing as the
-    training data, with every usable image in the test split, then through each task's
+    The folder (``external_images``) goes through the same ingestion as the training data, with
+    every usable image in the test split, then through detection and alignment as the served
+    model sees a photo (``external_preprocessing.detection``), then through each task's
     evaluation. Everything is namespaced ``external``: reports land in
     ``08_reporting/external.<task>_*`` and in MLflow as ``external.<task>.test_*``.
     """
@@ -90,7 +91,10 @@ def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeli
         ingestion.create_pipeline() + preprocessing.create_pipeline(),
         namespace="external",
         inputs={"raw_images": "external_images"},
-        parameters={"params:ingestion": "params:external_ingestion", "params:preprocessing": "params:preprocessing"},
+        parameters={
+            "params:ingestion": "params:external_ingestion",
+            "params:preprocessing": "params:external_preprocessing",
+        },
     )
     scoring = [
         Pipeline(

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageRejected, ImageSpec, decode_face
 from face_pipeline.parallel import map_chunks
+from face_pipeline.predict import prepare_photo
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +21,26 @@ FAILURE_COLUMNS = ["path", "reason", "detail"]
 
 
 def _decode_chunk(
-    loaders: Sequence[Callable[[], bytes]], spec: ImageSpec
+    loaders: Sequence[Callable[[], bytes]], spec: ImageSpec, detection: DetectionSettings | None
 ) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
-    """Decode a chunk; failures are returned by position, never raised."""
+    """Decode a chunk; failures are returned by position, never raised.
+
+    Without ``detection`` each image is a face as it is (``decode_face``); with it, the most
+    confident face found is aligned first, exactly as for prediction, and an image without a
+    face is a failure.
+    """
     out = np.zeros((len(loaders), *spec.shape), dtype=np.uint8)
     failures = []
     for position, load in enumerate(loaders):
         try:
-            out[position] = decode_face(load(), spec)
+            if detection is None:
+                out[position] = decode_face(load(), spec)
+                continue
+            [row, *_], inputs = prepare_photo("", load, spec, detection)
+            if inputs:
+                out[position] = inputs[0]
+            else:
+                failures.append((position, row["status"], row["reason"]))
         except ImageRejected as exc:
             failures.append((position, exc.reason, exc.detail))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
@@ -44,9 +58,11 @@ def preprocess_split(
 
     The array is allocated once and filled chunk by chunk, so peak memory is
     one copy of the split. Images that fail to decode now (changed since
-    ingestion) are left out of both outputs and returned as failures.
+    ingestion), or in which ``params.detection`` finds no face, are left out of
+    both outputs and returned as failures.
     """
     spec = ImageSpec.from_params(params["image"])
+    detection = DetectionSettings.from_params(params["detection"]) if params.get("detection") else None
     rows = face_manifest[face_manifest["split"] == split].reset_index(drop=True)
     missing = sorted(set(rows["image_id"]) - set(raw_images))
     if missing:
@@ -63,6 +79,7 @@ def preprocess_split(
         chunk_size=params.get("chunk_size", 256),
         description=f"Decoding {split} images",
         spec=spec,
+        detection=detection,
     ):
         images[offset : offset + len(chunk)] = chunk
         failed.extend((offset + position, reason, detail) for position, reason, detail in chunk_failures)
