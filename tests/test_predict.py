@@ -26,11 +26,18 @@ from face_pipeline.console import cli
 from face_pipeline.faces import DetectionSettings, face_chip, find_faces
 from face_pipeline.images import ImageSpec, convert_pixels, decode_face, face_input, load_image
 from face_pipeline.models import build_model
-from face_pipeline.predict import PREDICTION_COLUMNS, FacePredictor, load_keras_model
+from face_pipeline.predict import (
+    PREDICTION_COLUMNS,
+    FacePredictor,
+    inference_settings,
+    load_inference_settings,
+    load_keras_model,
+)
 from face_pipeline.serving import log_face_model, pinned_requirements, register_models
 
 SIZE = 32
 SPEC = ImageSpec(size=SIZE)
+SETTINGS = inference_settings({"image": {"size": SIZE, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})
 PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
 CROP = encode(Image.fromarray(data.astronaut()).crop((160, 50, 300, 190)), "PNG")
 
@@ -77,6 +84,15 @@ def test_a_detected_face_is_aligned_then_gets_the_training_preprocessing():
     assert table.loc[0, ["box_x", "box_y", "box_size"]].tolist() == [face.box.x, face.box.y, face.box.size]
 
 
+def test_boxes_are_in_the_photos_own_pixels_when_it_is_decoded_smaller():
+    large = encode(Image.fromarray(data.astronaut()).resize((2048, 2048)), quality=90)
+    settings = DetectionSettings(mode="auto", max_side=512)  # decoded at 1/4 scale
+    [small_row], _ = FacePredictor(Recorder(0.5), Recorder(30), SPEC, settings).faces("photo.jpg", PHOTO)
+    [large_row], _ = FacePredictor(Recorder(0.5), Recorder(30), SPEC, settings).faces("large.jpg", large)
+    for key in ("box_x", "box_y", "box_size"):
+        assert abs(large_row[key] - 4 * small_row[key]) <= 8, key
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_streamed_chunks_cover_every_photo_in_order(workers):
     photos = [(f"{index}.jpg", PHOTO if index % 3 else b"broken") for index in range(7)]
@@ -110,6 +126,8 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
             path.parent.mkdir(parents=True)
             model.save(path)
         paths[task] = folder / f"{task}_model.keras"
+    paths["settings"] = folder / "inference_settings.json"
+    paths["settings"].write_text(json.dumps(SETTINGS))
     return paths
 
 
@@ -124,6 +142,7 @@ def test_command_line_prints_one_line_per_face(saved_models, tmp_path, output_fo
     (tmp_path / "photo.jpg").write_bytes(PHOTO)
     (tmp_path / "broken.jpg").write_bytes(b"")
     models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    models += ["--settings", str(saved_models["settings"])]
     result = CliRunner().invoke(cli, ["predict", str(tmp_path), *models, "--format", output_format])
     assert result.exit_code == 0, result.output
     if output_format == "table":
@@ -146,6 +165,25 @@ def test_command_line_explains_a_missing_model(tmp_path):
     assert "No model at nope.keras" in result.output
 
 
+def test_command_line_follows_the_saved_settings_unless_told(saved_models, tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(PHOTO)
+    never = {**SETTINGS, "detection": {**SETTINGS["detection"], "mode": "never"}}
+    (tmp_path / "never.json").write_text(json.dumps(never))
+    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+
+    def box(*options):
+        result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), *models, *options, "--format", "csv"])
+        assert result.exit_code == 0, result.output
+        return pd.read_csv(io.StringIO(result.output)).loc[0, ["box_x", "box_y", "box_size"]].tolist()
+
+    whole = [0, 0, 512]  # the astronaut photo is 512x512
+    assert box("--settings", str(tmp_path / "never.json")) == whole
+    assert box("--settings", str(tmp_path / "never.json"), "--detect", "auto") != whole
+    assert box("--settings", str(saved_models["settings"])) != whole
+    missing = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), *models, "--settings", "none.json"])
+    assert "No inference settings at none.json" in missing.output
+
+
 @pytest.fixture(scope="module")
 def face_model_uri(saved_models, tmp_path_factory) -> str:
     store = tmp_path_factory.mktemp("mlflow")
@@ -156,12 +194,8 @@ def face_model_uri(saved_models, tmp_path_factory) -> str:
         # As kedro-mlflow does in training (conf/base/catalog.yml).
         mlflow.keras.log_model(gender, name="gender_model", pip_requirements=pinned_requirements())
         mlflow.keras.log_model(age, name="age_model", pip_requirements=pinned_requirements())
-        uri = log_face_model(
-            gender,
-            age,
-            {"image": {"size": SIZE, "color_mode": "grayscale", "resample": "linear", "max_pixels": 40_000_000}},
-            {"detection": {"mode": "auto"}},
-        )
+        mlflow.log_dict(SETTINGS, "inference_settings.json")
+        uri = log_face_model(gender, age, SETTINGS)
         names = {"gender": "face_gender", "age": "face_age", "face": "face_model"}
         assert register_models(uri, {"register": False, "names": names}) == {}
         assert register_models(uri, {"register": True, "names": names}) == {
@@ -176,6 +210,13 @@ def test_requirements_are_pinned_to_the_installed_versions():
     wanted = (("no-such-distribution", "keras"), ("numpy", "keras"), ("no-such-distribution",))
     assert pinned_requirements(wanted) == [f"keras=={metadata.version('keras')}", f"numpy=={metadata.version('numpy')}"]
     assert pinned_requirements()[1:] == [f"keras=={metadata.version('keras')}", f"numpy=={metadata.version('numpy')}"]
+
+
+def test_settings_load_from_the_run(face_model_uri):
+    run_id = (
+        face_model_uri.split("/")[1] if face_model_uri.startswith("runs:/") else mlflow.last_active_run().info.run_id
+    )
+    assert load_inference_settings(f"runs:/{run_id}") == SETTINGS
 
 
 def test_registered_models_load_by_name(face_model_uri):

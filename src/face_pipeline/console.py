@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from face_pipeline.faces import DETECT_MODES, DetectionSettings
+from face_pipeline.faces import DETECT_MODES
 
 DEFAULT_MODELS = {"gender": "data/06_models/gender_model.keras", "age": "data/06_models/age_model.keras"}
+DEFAULT_SETTINGS = "data/06_models/inference_settings.json"
 
 
 @click.group()
@@ -30,31 +31,45 @@ def cli() -> None:
 @click.option(
     "--age-model", default=DEFAULT_MODELS["age"], show_default=True, help="File, versioned folder or MLflow URI."
 )
-@click.option("--detect", type=click.Choice(DETECT_MODES), default="auto", show_default=True, help="Face detection.")
+@click.option(
+    "--settings",
+    "settings_path",
+    help=f"Image spec and detection settings saved with the models [default: the run's with --model-uri, "
+    f"else {DEFAULT_SETTINGS}].",
+)
+@click.option("--detect", type=click.Choice(DETECT_MODES), help="Face detection mode [default: as saved].")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes preparing photos (0: one per core).")
 @click.option(
     "--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
 def predict(
-    paths: tuple[str, ...], model_uri: str | None, gender_model: str, age_model: str, detect: str, output_format: str
+    paths: tuple[str, ...],
+    model_uri: str | None,
+    gender_model: str,
+    age_model: str,
+    settings_path: str | None,
+    detect: str | None,
+    workers: int,
+    output_format: str,
 ) -> None:
     """Print gender and age for every face in PATHS (photos, folders or fsspec URLs), one line per face."""
     import os  # noqa: PLC0415
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from face_pipeline.datasets import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
-    from face_pipeline.images import ImageSpec  # noqa: PLC0415
-    from face_pipeline.predict import FacePredictor, load_keras_model  # noqa: PLC0415
+    from face_pipeline.predict import FacePredictor, load_inference_settings, load_keras_model  # noqa: PLC0415
 
     if model_uri:
         gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"
     try:
         photos = ImageFilesDataset(paths=list(paths)).load()
         models = [load_keras_model(gender_model), load_keras_model(age_model)]
+        settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
     except Exception as exc:  # a clear message instead of a traceback
         raise click.ClickException(str(exc)) from exc
-    size, _, channels = models[0].input_shape[1:]
-    spec = ImageSpec(size=size, color_mode="grayscale" if channels == 1 else "rgb")
-    predictor = FacePredictor(*models, spec=spec, detection=DetectionSettings(mode=detect))
+    if detect:
+        settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
+    predictor = FacePredictor.from_settings(*models, settings, workers=workers)
     table = predictor.predict(photos.items())
 
     if output_format == "csv":

@@ -76,8 +76,11 @@ class ImageSpec:
 
     @classmethod
     def from_params(cls, params: dict) -> ImageSpec:
-        known = {k: params[k] for k in ("size", "color_mode", "resample", "max_pixels") if k in params}
-        spec = cls(**known)
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            known = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"unknown key(s) in preprocessing.image: {sorted(unknown)}; known: {known}")
+        spec = cls(**params)
         if spec.color_mode not in COLOR_MODES:
             raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, got {spec.color_mode!r}")
         if spec.resample not in RESAMPLING:

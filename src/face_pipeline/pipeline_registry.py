@@ -18,11 +18,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     prepare = ingest + preprocessing.create_pipeline()
     train = {task: training.create_pipeline(task=task) for task in ("gender", "age")}
     evaluate = {task: evaluation.create_pipeline(task=task) for task in ("gender", "age")}
+    settings = predict.create_settings_pipeline()
     return {
         "ingestion": ingest,
         "preprocessing": prepare,
-        "train_gender": prepare + train["gender"] + evaluate["gender"],
-        "train_age": prepare + train["age"] + evaluate["age"],
+        "train_gender": prepare + train["gender"] + evaluate["gender"] + settings,
+        "train_age": prepare + train["age"] + evaluate["age"] + settings,
         # Scores the latest saved models again, e.g. after changing the evaluation parameters.
         "evaluation": evaluate["gender"] + evaluate["age"],
         # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining.
@@ -30,11 +31,12 @@ def register_pipelines() -> dict[str, Pipeline]:
         # Gender and age for new photos (predict.input_path), with the saved models.
         "predict": predict.create_pipeline(),
         # Both models bundled with detection and preprocessing as the MLflow model face_model.
-        "package_model": predict.create_packaging_pipeline(),
+        "package_model": settings + predict.create_packaging_pipeline(),
         "__default__": prepare
         + train["gender"]
         + evaluate["gender"]
         + train["age"]
         + evaluate["age"]
+        + settings
         + predict.create_packaging_pipeline(),
     }

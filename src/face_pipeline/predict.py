@@ -6,14 +6,17 @@ the served MLflow model alike, so all three give the same answer for the same ph
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
 from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_image
@@ -34,6 +37,7 @@ PREDICTION_COLUMNS = [
     "reason",
 ]
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/")
+SETTINGS_FILE = "inference_settings.json"
 
 
 def load_keras_model(source: str | Path):
@@ -56,6 +60,20 @@ def load_keras_model(source: str | Path):
     return keras.models.load_model(path)
 
 
+def load_inference_settings(source: str | Path) -> dict[str, Any]:
+    """Saved ``inference_settings``: a JSON file, or the artifact of an MLflow run (``runs:/<run id>``)."""
+    source = str(source)
+    if source.startswith("runs:/"):
+        import mlflow  # noqa: PLC0415
+
+        run = source.removeprefix("runs:/").strip("/").split("/")[0]
+        return mlflow.artifacts.load_dict(f"runs:/{run}/{SETTINGS_FILE}")
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"No inference settings at {path}; train with `kedro run` or pass --model-uri")
+    return json.loads(path.read_text())
+
+
 def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """One output per image, ``images`` fed to the model ``batch_size`` at a time (works on memmaps)."""
     if not len(images):
@@ -66,6 +84,17 @@ def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.n
             for start in range(0, len(images), batch_size)
         ]
     )
+
+
+def inference_settings(preprocessing: dict[str, Any], predict: dict[str, Any]) -> dict[str, Any]:
+    """What turns a photo into the networks' input: the image spec and the detection settings.
+
+    Saved with the trained models (``data/06_models/inference_settings.json`` and the MLflow
+    run's artifact of that name) so that the ``predict`` pipeline, the ``face-pipeline`` command
+    and the served model build the same ``FacePredictor`` from it.
+    """
+    spec = ImageSpec.from_params(preprocessing["image"])
+    return {"image": asdict(spec), "detection": DetectionSettings.from_params(predict["detection"]).to_params()}
 
 
 def prepare_photo(
@@ -82,7 +111,7 @@ def prepare_photo(
         data = data() if callable(data) else data
         if detection.mode == "never":
             pixels = load_image(data, spec, min_side=spec.size)
-            return [_row(name, 0, whole_image(pixels))], [face_input(pixels, spec)]
+            return [_row(name, 0, whole_image(pixels), _scale(data, pixels))], [face_input(pixels, spec)]
         rgb = load_image(data, replace(spec, color_mode="rgb"), min_side=detection.max_side)
     except ImageRejected as exc:
         return [{"file": name, "status": "error", "reason": str(exc)}], []
@@ -92,12 +121,19 @@ def prepare_photo(
     if not faces:
         return [{"file": name, "status": "no face", "reason": "no face detected"}], []
     chips = [convert_pixels(face_chip(rgb, face, detection), spec.color_mode) for face in faces]
-    return [_row(name, index, face) for index, face in enumerate(faces)], [face_input(c, spec) for c in chips]
+    scale = _scale(data, rgb)
+    return [_row(name, index, face, scale) for index, face in enumerate(faces)], [face_input(c, spec) for c in chips]
 
 
-def _row(name: str, index: int, face: Face) -> dict:
-    box = face.box
-    return {"file": name, "face": index, "box_x": box.x, "box_y": box.y, "box_size": box.size, "status": "ok"}
+def _scale(data: bytes, pixels: np.ndarray) -> float:
+    """Photo pixels per decoded pixel: large JPEGs are decoded at 1/2, 1/4 or 1/8 scale."""
+    return max(Image.open(io.BytesIO(data)).size) / max(pixels.shape[:2])
+
+
+def _row(name: str, index: int, face: Face, scale: float) -> dict:
+    """A face's row, its box in the photo's own pixels."""
+    x, y, size = (round(value * scale) for value in (face.box.x, face.box.y, face.box.size))
+    return {"file": name, "face": index, "box_x": x, "box_y": y, "box_size": size, "status": "ok"}
 
 
 def prepare_photos(
@@ -129,6 +165,19 @@ class FacePredictor:
     batch_size: int = 64
     workers: int | None = 1
     chunk_size: int = 64
+
+    @classmethod
+    def from_settings(
+        cls, gender_model: Any, age_model: Any, settings: dict[str, Any], **options: Any
+    ) -> FacePredictor:
+        """The predictor for networks saved with ``settings`` (see ``inference_settings``)."""
+        return cls(
+            gender_model,
+            age_model,
+            ImageSpec.from_params(settings["image"]),
+            DetectionSettings.from_params(settings["detection"]),
+            **options,
+        )
 
     def faces(self, name: str, data: bytes | Callable[[], bytes]) -> tuple[list[dict], list[np.ndarray]]:
         """Rows (without predictions) and network inputs for one photo; failures become rows."""

@@ -19,8 +19,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 import face_pipeline
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageRejected, ImageSpec, open_image
+from face_pipeline.images import ImageRejected, open_image
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # What a logged model needs to load, pinned to the versions installed (MLflow adds itself).
@@ -30,6 +29,7 @@ NETWORK_REQUIREMENTS = (("tensorflow-cpu", "tensorflow"), ("keras",), ("numpy",)
 SERVING_REQUIREMENTS = (
     *NETWORK_REQUIREMENTS,
     ("opencv-python-headless", "opencv-python"),
+    ("ai-edge-litert",),
     ("pillow",),
     ("pandas",),
     ("fsspec",),
@@ -73,14 +73,12 @@ class FaceModel(mlflow.pyfunc.PythonModel):
 
         config = context.model_config
         self.max_bytes = int(config.get("max_image_bytes", MAX_IMAGE_BYTES))
-        spec = ImageSpec.from_params(config["image"])
-        self.max_pixels = spec.max_pixels
-        self.predictor = FacePredictor(
+        self.predictor = FacePredictor.from_settings(
             keras.models.load_model(context.artifacts["gender_model"]),
             keras.models.load_model(context.artifacts["age_model"]),
-            spec,
-            DetectionSettings.from_params(config["detection"]),
+            config["inference_settings"],
         )
+        self.max_pixels = self.predictor.spec.max_pixels
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         photos = decode_payload(model_input, self.max_bytes, self.max_pixels)
@@ -106,14 +104,13 @@ def pinned_requirements(requirements: tuple[tuple[str, ...], ...] = NETWORK_REQU
     return pins
 
 
-def log_face_model(gender_model, age_model, preprocessing: dict[str, Any], predict: dict[str, Any]) -> str:
+def log_face_model(gender_model, age_model, inference_settings: dict[str, Any]) -> str:
     """Log the bundled model as ``face_model`` into the active MLflow run; returns its URI.
 
     Node function: kedro-mlflow's model dataset cannot attach the two networks as artifacts,
     so the node logs the model itself (into the run kedro-mlflow opened).
     """
-    image = {k: v for k, v in preprocessing["image"].items() if k in ("size", "color_mode", "resample", "max_pixels")}
-    config = {"image": image, "detection": dict(predict["detection"]), "max_image_bytes": MAX_IMAGE_BYTES}
+    config = {"inference_settings": inference_settings, "max_image_bytes": MAX_IMAGE_BYTES}
     with tempfile.TemporaryDirectory() as folder:
         paths = {"gender_model": str(Path(folder) / "gender.keras"), "age_model": str(Path(folder) / "age.keras")}
         gender_model.save(paths["gender_model"])

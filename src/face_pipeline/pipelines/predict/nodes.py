@@ -9,8 +9,6 @@ from typing import Any
 
 import pandas as pd
 
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec
 from face_pipeline.predict import FacePredictor
 
 logger = logging.getLogger(__name__)
@@ -20,17 +18,20 @@ def predict_faces(
     photos: dict[str, Callable[[], bytes]],
     gender_model: Any,
     age_model: Any,
+    inference_settings: dict[str, Any],
     predict: dict[str, Any],
-    preprocessing: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per face (file, face index, box, gender, P(female), age), plus one row per photo
-    with no face or that could not be read, with the reason. Returned twice: Parquet and CSV."""
-    predictor = FacePredictor(
+    with no face or that could not be read, with the reason. Returned twice: Parquet and CSV.
+
+    The photos are prepared as the models were saved to expect (``inference_settings``).
+    """
+    predictor = FacePredictor.from_settings(
         gender_model,
         age_model,
-        ImageSpec.from_params(preprocessing["image"]),
-        DetectionSettings.from_params(predict["detection"]),
-        batch_size=int(predict.get("batch_size", 64)),
+        inference_settings,
+        batch_size=int(predict["batch_size"]),
+        workers=predict["workers"],
     )
     started = time.perf_counter()
     table = predictor.predict(photos.items())

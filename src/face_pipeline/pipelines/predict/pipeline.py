@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from face_pipeline.predict import inference_settings
 from face_pipeline.serving import log_face_model, register_models
 
 from .nodes import predict_faces
@@ -16,11 +17,25 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "predict_photos",
                     "predict_gender_model",
                     "predict_age_model",
+                    "inference_settings",
                     "params:predict",
-                    "params:preprocessing",
                 ],
                 ["predictions", "predictions_csv"],
                 name="predict_faces",
+            )
+        ]
+    )
+
+
+def create_settings_pipeline(**kwargs) -> Pipeline:
+    """The image spec and detection settings saved with the models (``inference_settings``)."""
+    return Pipeline(
+        [
+            Node(
+                inference_settings,
+                ["params:preprocessing", "params:predict"],
+                "inference_settings",
+                name="save_inference_settings",
             )
         ]
     )
@@ -32,7 +47,7 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 log_face_model,
-                ["gender.model", "age.model", "params:preprocessing", "params:predict"],
+                ["gender.model", "age.model", "inference_settings"],
                 "face_model_uri",
                 name="log_face_model",
             ),
