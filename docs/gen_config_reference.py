@@ -25,6 +25,7 @@ FILES = [
     "parameters_train_age.yml",
     "parameters_evaluation.yml",
     "parameters_predict.yml",
+    "parameters_finetuning.yml",
 ]
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)\s*(?:#\s?(?P<comment>.*))?$")
 

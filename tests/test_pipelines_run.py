@@ -198,3 +198,49 @@ def test_environments_and_params_change_single_keys(project):
     assert seed["age"]["model"]["loss"] == "mae"
     assert seed["gender"]["model"]["loss"] == "binary_crossentropy"
     assert not seed["age"]["model"]["mirror_average"] and not seed["gender"]["model"]["mirror_average"]
+
+
+def test_finetune_on_another_population(trained_project, tmp_path):
+    folder = tmp_path / "new_population"
+    folder.mkdir()
+    rows = []
+    for index in range(40):
+        name = f"person_{index:03d}.png"
+        (folder / name).write_bytes(encode(face_like(100 + index, 90), "PNG"))
+        rows.append({"file": name, "age": 20 + index, "gender": "female" if index % 2 else "male"})
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
+    whole_run = "attributes.run_name = '__default__'"
+    [training] = mlflow.search_runs(experiment_names=["face_pipeline"], filter_string=whole_run, output_format="list")
+    base = f"runs:/{training.info.run_id}/gender_model"
+
+    kedro(
+        trained_project,
+        "run",
+        "--pipelines=finetune",
+        f"--params=finetuning.epochs=2,finetuning.base_models.gender={base}",
+        env={"FINETUNE_DATA_DIR": str(folder)},
+    )
+    reports = trained_project / "data/08_reporting"
+    splits = {
+        split: pd.read_parquet(trained_project / f"data/05_model_input/finetune_{split}_labels.parquet")
+        for split in ("train", "val", "test")
+    }
+    assert sum(len(labels) for labels in splits.values()) == 40
+    assert 4 <= len(splits["test"]) <= 8  # about 15 %
+    for task in ("gender", "age"):
+        own = json.loads((reports / f"finetune_{task}_metrics.json").read_text())
+        before = json.loads((reports / f"finetune_base_{task}_metrics.json").read_text())
+        original = json.loads((reports / f"finetune_original_{task}_metrics.json").read_text())
+        assert own["images"] == before["images"] == len(splits["test"])
+        assert original["images"] == json.loads((reports / f"{task}_metrics.json").read_text())["images"]
+    assert len(list((trained_project / "data/06_models/finetuned_gender_model.keras").iterdir())) == 1
+
+    run = mlflow.search_runs(experiment_names=["face_pipeline"], order_by=["start_time DESC"], output_format="list")[0]
+    assert run.data.tags["pipeline_names"] == "['finetune']"
+    assert run.data.tags["finetune.gender.base_run_id"] == training.info.run_id
+    assert run.data.tags["finetune.age.base_model"] == "data/06_models/age_model.keras"
+    expected = {"finetune.gender.test_accuracy", "finetune_base.gender.test_accuracy", "finetune_original.age.test_mae"}
+    assert expected <= set(run.data.metrics)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "finetune.gender.val_loss")
+    assert [m.step for m in history] == [1, 2]

@@ -173,6 +173,11 @@ def _compile(
     return model
 
 
+def compile_model(model: keras.Model, task: str, learning_rate: float | Any) -> keras.Model:
+    """Compile a trained single-output model again, with Adam at ``learning_rate``, for further training."""
+    return _compile(model, task, learning_rate, loss=None)
+
+
 def inference_model(model: keras.Model, task: str, mirror_average: bool = False) -> keras.Model:
     """The single-output model to save and serve.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from face_pipeline.pipelines import evaluation, ingestion, predict, preprocessing, training
+from face_pipeline.pipelines import evaluation, finetuning, ingestion, predict, preprocessing, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -28,6 +28,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluate["gender"] + evaluate["age"],
         # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining.
         "evaluate_folder": evaluation.create_folder_pipeline(),
+        # The saved models trained further on another population's labelled folder (FINETUNE_DATA_DIR).
+        "finetune": finetuning.create_pipeline(),
         # Gender and age for new photos (predict.input_path), with the saved models.
         "predict": predict.create_pipeline(),
         # Both models bundled with detection and preprocessing as the MLflow model face_model.

@@ -1,0 +1,96 @@
+"""Fine-tuning pipeline: the saved networks adapted to a labelled folder of another population.
+
+The folder (``finetune_images``) goes through ingestion with its own split
+(``finetune_ingestion``) and through detection and alignment as photos
+(``finetune_preprocessing``). Each task's network then trains further on it
+(``finetune_model``), and three evaluations make the change visible: the fine-tuned network
+on the folder's test split (``finetune.<task>.*``), the base network on that split
+(``finetune_base.<task>.*``) and the fine-tuned network on the original test split, where
+forgetting would show (``finetune_original.<task>.*``).
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from face_pipeline.pipelines import evaluation, ingestion, preprocessing
+from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves
+
+from .nodes import finetune_model, tag_lineage
+
+TASKS = ("gender", "age")
+
+
+def _identity(model):
+    return model
+
+
+def _task(task: str) -> Pipeline:
+    template = Pipeline(
+        [
+            Node(
+                finetune_model,
+                [
+                    "base_model",
+                    "train_images",
+                    "train_labels",
+                    "val_images",
+                    "val_labels",
+                    "params:task",
+                    "params:finetuning",
+                ],
+                ["model", "history"],
+                name="finetune_model",
+            ),
+            Node(tag_lineage, ["params:base_model_source", "params:task"], "lineage", name="tag_lineage"),
+            Node(history_as_metrics, "history", "metric_history", name="log_metric_history"),
+            Node(_identity, "model", "mlflow_model", name="log_model_to_mlflow"),
+            Node(plot_training_curves, ["history", "params:task"], "training_curves", name="plot_training_curves"),
+        ]
+    )
+    return Pipeline(
+        template,
+        namespace=f"finetune.{task}",
+        inputs={
+            "base_model": f"finetune_base_{task}_model",
+            **{
+                f"{split}_{kind}": f"finetune.{split}_{kind}"
+                for split in ("train", "val")
+                for kind in ("images", "labels")
+            },
+        },
+        parameters={
+            "params:task": f"params:{task}.task",
+            "params:finetuning": "params:finetuning",
+            "params:base_model_source": f"params:finetuning.base_models.{task}",
+        },
+    )
+
+
+def _evaluation(task: str, scope: str, test: str, model: str) -> Pipeline:
+    """``task``'s evaluation of ``model`` on the split named ``test``, its outputs prefixed ``scope``."""
+    return Pipeline(
+        evaluation.create_pipeline(task),
+        namespace=scope,
+        inputs={"test_images": f"{test}_images", "test_labels": f"{test}_labels", f"{task}.model": model},
+        parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
+    )
+
+
+def create_pipeline(tasks: tuple[str, ...] = TASKS, **kwargs) -> Pipeline:
+    prepare = Pipeline(
+        ingestion.create_pipeline() + preprocessing.create_pipeline(),
+        namespace="finetune",
+        inputs={"raw_images": "finetune_images"},
+        parameters={
+            "params:ingestion": "params:finetune_ingestion",
+            "params:preprocessing": "params:finetune_preprocessing",
+        },
+    )
+    pipelines = [prepare]
+    for task in tasks:
+        pipelines += [
+            _task(task),
+            _evaluation(task, "finetune", "finetune.test", f"finetune.{task}.model"),
+            _evaluation(task, "finetune_base", "finetune.test", f"finetune_base_{task}_model"),
+            _evaluation(task, "finetune_original", "test", f"finetune.{task}.model"),
+        ]
+    return sum(pipelines[1:], pipelines[0])
