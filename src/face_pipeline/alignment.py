@@ -59,9 +59,8 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 def align(pixels: np.ndarray, landmarks: Mapping[str, Point], geometry: ChipGeometry) -> np.ndarray:
     """The chip of ``geometry.size`` pixels in which ``landmarks`` (image pixels) sit at the chip's positions.
 
-    Only the landmarks that both know are used. Where the transform shrinks by 2x or more, the
-    region the chip covers is first block-averaged (as ``resize_square`` does) so the warp does not
-    alias. Parts of the chip outside the photo repeat its edge pixels.
+    Only the landmarks that both know are used. Parts of the chip outside the photo repeat its
+    edge pixels.
     """
     names = [name for name in geometry.landmarks if name in landmarks]
     if len(names) < 2:
@@ -69,13 +68,21 @@ def align(pixels: np.ndarray, landmarks: Mapping[str, Point], geometry: ChipGeom
     matrix = similarity_transform(
         np.array([landmarks[name] for name in names]), np.array([geometry.landmarks[name] for name in names])
     )
+    return warp(pixels, matrix, geometry.size, cv2.BORDER_REPLICATE)
+
+
+def warp(pixels: np.ndarray, matrix: np.ndarray, size: int, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+    """The ``size`` x ``size`` image that the 2x3 ``matrix`` maps ``pixels`` onto.
+
+    Where the transform shrinks by 2x or more, the region the output covers is first
+    block-averaged (as ``resize_square`` does), so the warp does not alias. ``border``: how the
+    output is filled outside the photo (black, or its edge pixels repeated).
+    """
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     factor = int(1 / scale) if scale < 0.5 else 1
     if factor > 1:
-        pixels, matrix = _shrink_region(pixels, matrix, geometry.size, factor)
-    return cv2.warpAffine(
-        pixels, matrix, (geometry.size, geometry.size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+        pixels, matrix = _shrink_region(pixels, matrix, size, factor)
+    return cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
 
 
 def _shrink_region(pixels: np.ndarray, matrix: np.ndarray, size: int, factor: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from face_pipeline.alignment import ChipGeometry, Point, align
+from face_pipeline.alignment import ChipGeometry, Point, align, warp
 
 DETECT_MODES = ("auto", "always", "never")
 ASSETS = Path(__file__).parent / "assets"
@@ -28,15 +27,15 @@ ASSETS = Path(__file__).parent / "assets"
 # (the subject's right).
 LANDMARKS = ("eye_left", "eye_right", "nose", "mouth", "ear_left", "ear_right")
 # Where BlazeFace puts those landmarks on UTKFace's 200x200 chips: the median over 2,000 chips
-# (bench/chip_geometry.py: 1,999 found, the eye line at +0.6 deg, levelled here as dlib and
+# (bench/chip_geometry.py: 1,999 found, the eye line at +0.5 deg, levelled here as dlib and
 # MTCNN both measure it level). The ears are left out: often hidden, and far off on turned heads.
 UTKFACE_CHIP = {
     "size": 200,
     "landmarks": {
-        "eye_left": (59.3, 60.3),
-        "eye_right": (138.8, 60.3),
-        "nose": (99.1, 104.3),
-        "mouth": (98.4, 143.0),
+        "eye_left": (58.8, 59.8),
+        "eye_right": (138.2, 59.8),
+        "nose": (98.6, 103.7),
+        "mouth": (97.9, 142.4),
     },
 }
 
@@ -151,16 +150,24 @@ class BlazeFace:
         self.scores_index, self.offsets_index = scores["index"], offsets["index"]
         self.anchors = _anchors(model)
 
-    def __call__(self, rgb: np.ndarray, min_score: float, overlap: float) -> list[Face]:
-        """Faces in an ``(H, W, 3)`` uint8 RGB image, most confident first."""
+    def __call__(self, rgb: np.ndarray, min_score: float, overlap: float, square: FaceBox | None = None) -> list[Face]:
+        """Faces in an ``(H, W, 3)`` uint8 RGB image, most confident first.
+
+        The network sees ``square`` (default: the whole photo, letterboxed into a square as
+        MediaPipe feeds it), black where it leaves the photo.
+        """
         height, width = rgb.shape[:2]
-        side = max(height, width)
-        # The network sees the photo letterboxed into a square, as MediaPipe feeds it.
-        top, left = (side - height) // 2, (side - width) // 2
-        square = cv2.copyMakeBorder(rgb, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT)
+        if square is None:
+            side = max(height, width)
+            square = FaceBox((width - side) // 2, (height - side) // 2, side)
         size = self.model.input_size
-        small = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
-        self.interpreter.set_tensor(self.input_index, (small.astype(np.float32) / 127.5 - 1.0)[None])
+        scale = size / square.size
+        # Pixel centres sit at whole coordinates: the input's pixel i covers photo pixels from
+        # square.x + i / scale to square.x + (i + 1) / scale.
+        shift = 0.5 * scale - 0.5
+        to_input = np.array([[scale, 0, shift - square.x * scale], [0, scale, shift - square.y * scale]])
+        pixels = warp(rgb, to_input, size)
+        self.interpreter.set_tensor(self.input_index, (pixels.astype(np.float32) / 127.5 - 1.0)[None])
         self.interpreter.invoke()
         logits = self.interpreter.get_tensor(self.scores_index)[0, :, 0]
         candidates = np.flatnonzero(logits > np.log(min_score / (1 - min_score)))
@@ -170,8 +177,11 @@ class BlazeFace:
         offsets = self.interpreter.get_tensor(self.offsets_index)[0, candidates].reshape(-1, 8, 2) / size
         anchors = self.anchors[candidates][:, None, :]
         centres, extents = offsets[:, 0] + anchors[:, 0], offsets[:, 1]
-        boxes = np.concatenate([centres - extents / 2, centres + extents / 2], axis=1) * side - [left, top, left, top]
-        points = (offsets[:, 2:] + anchors) * side - [left, top]
+        origin = np.array([square.x, square.y]) - 0.5  # the model's 0 is the square's outer edge
+        boxes = np.concatenate([centres - extents / 2, centres + extents / 2], axis=1) * square.size + np.tile(
+            origin, 2
+        )
+        points = (offsets[:, 2:] + anchors) * square.size + origin
         return [_face(box, score, landmarks) for box, landmarks, score in _blend(boxes, points, scores, overlap)]
 
 
@@ -249,41 +259,17 @@ def detect(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
     that fills a tight crop is still found.
     """
     model = detector(settings.model)
-    padding = round(settings.border * max(rgb.shape[:2]))
-    found = model(_padded(rgb, padding), settings.min_score, settings.overlap)
+    height, width = rgb.shape[:2]
+    side = round(max(height, width) * (1 + 2 * settings.border))
+    whole = FaceBox((width - side) // 2, (height - side) // 2, side)
     faces = []
-    for first in found:
-        face = _shifted(first, -padding, -padding)
-        side = round(face.box.size * settings.context)
-        left = round(face.box.x + face.box.size / 2 - side / 2)
-        top = round(face.box.y + face.box.size / 2 - side / 2)
-        again = model(_window(rgb, left, top, side), settings.min_score, settings.overlap)
-        landmarks = _shifted(again[0], left, top).landmarks if again else face.landmarks
-        faces.append(Face(face.box, face.score, landmarks))
+    for first in model(rgb, settings.min_score, settings.overlap, whole):
+        window = round(first.box.size * settings.context)
+        centre_x, centre_y = first.box.x + first.box.size / 2, first.box.y + first.box.size / 2
+        square = FaceBox(round(centre_x - window / 2), round(centre_y - window / 2), window)
+        again = model(rgb, settings.min_score, settings.overlap, square)
+        faces.append(Face(first.box, first.score, again[0].landmarks if again else first.landmarks))
     return faces
-
-
-def _padded(rgb: np.ndarray, padding: int) -> np.ndarray:
-    return cv2.copyMakeBorder(rgb, padding, padding, padding, padding, cv2.BORDER_CONSTANT) if padding else rgb
-
-
-def _window(rgb: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
-    """The square ``side`` x ``side`` at (``left``, ``top``), black where it leaves the photo."""
-    inside = rgb[max(top, 0) : max(top + side, 0), max(left, 0) : max(left + side, 0)]
-    return cv2.copyMakeBorder(
-        inside,
-        max(-top, 0),
-        side - inside.shape[0] - max(-top, 0),
-        max(-left, 0),
-        side - inside.shape[1] - max(-left, 0),
-        cv2.BORDER_CONSTANT,
-    )
-
-
-def _shifted(face: Face, dx: float, dy: float) -> Face:
-    box = FaceBox(round(face.box.x + dx), round(face.box.y + dy), face.box.size)
-    landmarks = {name: (x + dx, y + dy) for name, (x, y) in face.landmarks.items()}
-    return Face(box, face.score, landmarks)
 
 
 def face_chip(rgb: np.ndarray, face: Face, settings: DetectionSettings) -> np.ndarray:
