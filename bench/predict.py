@@ -84,7 +84,7 @@ def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
     settings = load_inference_settings(PROJECT_ROOT / "data/06_models/inference_settings.json")
     settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
     workers = 1 if cores == "1" else 0
-    predictor = FacePredictor.from_settings(*models, settings, workers=workers, chunk_size=32)
+    predictor = FacePredictor.from_settings(*models, settings, workers=workers)
     files = listing.read_text().splitlines()
     photos = [(path, Path(path).read_bytes) for path in files]
     predictor.predict(photos[:64])  # warm up: the networks' first calls, the worker pool

@@ -32,6 +32,7 @@ from face_pipeline.predict import (
     inference_settings,
     load_inference_settings,
     load_keras_model,
+    predict_in_batches,
 )
 from face_pipeline.serving import log_face_model, pinned_requirements, register_models
 
@@ -102,6 +103,23 @@ def test_streamed_chunks_cover_every_photo_in_order(workers):
     table = pd.concat(chunks, ignore_index=True)
     assert table["file"].tolist() == [name for name, _ in photos]
     assert table["status"].tolist() == ["error" if index % 3 == 0 else "ok" for index in range(7)]
+
+
+def test_batches_are_padded_to_a_few_fixed_shapes():
+    """Keras traces its predict function once per batch shape: batches of any size take at most log2 shapes."""
+
+    class Echo(Recorder):
+        def predict_on_batch(self, batch):
+            self.inputs.append(batch.shape[0])
+            return batch.reshape(len(batch), -1)[:, :1].astype(np.float32)
+
+    images = np.arange(11, dtype=np.uint8).reshape(11, 1, 1, 1)
+    model = Echo(0)
+    np.testing.assert_array_equal(predict_in_batches(model, images, batch_size=8), np.arange(11))
+    assert model.inputs == [8, 4]  # 8, then 3 padded to 4
+    model.inputs = []
+    predict_in_batches(model, images[:1], batch_size=8)
+    assert model.inputs == [1]
 
 
 def test_loader_errors_become_rows():

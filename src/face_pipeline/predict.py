@@ -75,15 +75,20 @@ def load_inference_settings(source: str | Path) -> dict[str, Any]:
 
 
 def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """One output per image, ``images`` fed to the model ``batch_size`` at a time (works on memmaps)."""
-    if not len(images):
-        return np.empty(0, dtype=np.float32)
-    return np.concatenate(
-        [
-            np.asarray(model.predict_on_batch(np.asarray(images[start : start + batch_size]))).reshape(-1)
-            for start in range(0, len(images), batch_size)
-        ]
-    )
+    """One output per image, ``images`` fed to the model ``batch_size`` at a time (works on memmaps).
+
+    A shorter batch is padded to the next power of two: Keras traces its predict function anew
+    for every batch shape it has not seen, which costs far more than the padding (faces come in
+    batches of any size: one per request, or however many a chunk of photos held).
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
+        if shape > len(batch):
+            batch = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), batch.dtype)])
+        outputs.append(np.asarray(model.predict_on_batch(batch)).reshape(shape, -1)[: len(images) - start, 0])
+    return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
 
 
 def inference_settings(preprocessing: dict[str, Any], predict: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +169,7 @@ class FacePredictor:
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     batch_size: int = 64
     workers: int | None = 1
-    chunk_size: int = 64
+    chunk_size: int = 128
 
     @classmethod
     def from_settings(
