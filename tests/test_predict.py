@@ -303,3 +303,15 @@ def test_mlflow_models_serve_end_to_end(face_model_uri):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_command_line_streams_csv_rows_chunk_by_chunk_with_one_header(saved_models, tmp_path):
+    for index in range(130):  # more than one chunk of 128 photos
+        (tmp_path / f"{index:03d}.png").write_bytes(encode(Image.new("L", (40, 40), index), "PNG"))
+    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    options = ["--settings", str(saved_models["settings"]), "--detect", "never", "--format", "csv"]
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path), *models, *options])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("file,face,") == 1
+    table = pd.read_csv(io.StringIO(result.output))
+    assert len(table) == 130 and (table["status"] == "ok").all()

@@ -70,24 +70,33 @@ def predict(
     if detect:
         settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
     predictor = FacePredictor.from_settings(*models, settings, workers=workers)
-    table = predictor.predict(photos.items())
-
-    if output_format == "csv":
-        table.to_csv(sys.stdout, index=False)
-    elif output_format == "json":
-        records = json.loads(table.to_json(orient="records"))
+    # Table and CSV rows are printed chunk by chunk as they come; JSON is one array at the end.
+    statuses: list[str] = []
+    records: list[dict] = []
+    for index, chunk in enumerate(predictor.predict_stream(photos.items())):
+        statuses.extend(chunk["status"])
+        if output_format == "csv":
+            chunk.to_csv(sys.stdout, index=False, header=index == 0)
+        elif output_format == "json":
+            records.extend(json.loads(chunk.to_json(orient="records")))
+        else:
+            _print_rows(chunk)
+        sys.stdout.flush()
+    if output_format == "json":
         click.echo(json.dumps(records, indent=2))
-    else:
-        for row in table.itertuples():
-            name = Path(str(row.file)).name
-            if row.status == "ok":
-                box = f"[{row.box_x},{row.box_y} {row.box_size}px]"
-                gender = f"{row.gender} (P(female) {row.female_probability:.2f})"
-                click.echo(f"{name}  face {row.face} {box}  {gender}  age {row.age:.1f}")
-            else:
-                click.echo(f"{name}  {row.status}: {row.reason}")
-    if (table["status"] == "error").all():
+    if statuses and all(status == "error" for status in statuses):
         sys.exit(1)
+
+
+def _print_rows(table) -> None:
+    for row in table.itertuples():
+        name = Path(str(row.file)).name
+        if row.status == "ok":
+            box = f"[{row.box_x},{row.box_y} {row.box_size}px]"
+            gender = f"{row.gender} (P(female) {row.female_probability:.2f})"
+            click.echo(f"{name}  face {row.face} {box}  {gender}  age {row.age:.1f}")
+        else:
+            click.echo(f"{name}  {row.status}: {row.reason}")
 
 
 def main() -> None:
