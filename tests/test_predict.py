@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -305,12 +306,28 @@ def test_mlflow_models_serve_end_to_end(face_model_uri):
         server.wait(timeout=30)
 
 
+class StdoutLogs(logging.Handler):
+    """Writes log records to whatever ``sys.stdout`` is at the time, as Kedro's rich handler does."""
+
+    def emit(self, record):
+        sys.stdout.write(self.format(record) + "\n")
+
+
 def test_command_line_streams_csv_rows_chunk_by_chunk_with_one_header(saved_models, tmp_path):
     for index in range(130):  # more than one chunk of 128 photos
         (tmp_path / f"{index:03d}.png").write_bytes(encode(Image.new("L", (40, 40), index), "PNG"))
     models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
     options = ["--settings", str(saved_models["settings"]), "--detect", "never", "--format", "csv"]
-    result = CliRunner().invoke(cli, ["predict", str(tmp_path), *models, *options])
+    # Logging set up by the host program (here: to stdout, at INFO) must not mix into the rows.
+    handler, root = StdoutLogs(), logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        result = CliRunner().invoke(cli, ["predict", str(tmp_path), *models, *options])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
     assert result.exit_code == 0, result.output
     assert result.output.count("file,face,") == 1
     table = pd.read_csv(io.StringIO(result.output))

@@ -39,7 +39,7 @@ def map_chunks(
     *,
     workers: int | None,
     chunk_size: int,
-    description: str,
+    description: str | None,
     **kwargs: Any,
 ) -> Iterator[tuple[int, Result]]:
     """Yield ``(offset, func(chunk, **kwargs))`` for consecutive chunks, in order.
@@ -52,7 +52,10 @@ def map_chunks(
     """
     workers = resolve_workers(workers)
     chunks = chunked(items, max(1, chunk_size))
-    progress = tqdm(total=len(items), desc=description, unit="img", disable=None, file=sys.stderr)
+    # Without a description: no progress bar and no log line (a served model's every request).
+    progress = tqdm(
+        total=len(items), desc=description, unit="img", disable=None if description else True, file=sys.stderr
+    )
     started = time.perf_counter()
     offset = 0
     if workers == 1 or len(chunks) <= 1:
@@ -67,6 +70,8 @@ def map_chunks(
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
+    if not description:
+        return
     logger.info(
         "%s: %d items in %.1f s (%.0f items/s, %d worker%s)",
         description,

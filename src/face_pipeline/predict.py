@@ -196,7 +196,7 @@ class FacePredictor:
             list(photos),
             workers=self.workers,
             chunk_size=self.chunk_size,
-            description="Predicting",
+            description=None,
             spec=self.spec,
             detection=self.detection,
         ):
