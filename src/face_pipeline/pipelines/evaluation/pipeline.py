@@ -76,6 +76,22 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
     )
 
 
+def create_scoped_pipeline(task: str, scope: str, test: str = "test", model: str | None = None) -> Pipeline:
+    """``task``'s evaluation of ``model`` (default: the saved ``<task>.model``) on the split
+    ``<test>_images`` / ``<test>_labels``, every output prefixed ``scope``: reports in
+    ``08_reporting/<scope>_<task>_*``, MLflow metrics ``<scope>.<task>.test_*``."""
+    return Pipeline(
+        create_pipeline(task),
+        namespace=scope,
+        inputs={
+            "test_images": f"{test}_images",
+            "test_labels": f"{test}_labels",
+            f"{task}.model": model or f"{task}.model",
+        },
+        parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
+    )
+
+
 def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeline:
     """Score the saved models on another labelled folder, without retraining.
 
@@ -83,26 +99,9 @@ def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeli
     every usable image in the test split, then through detection and alignment as the served
     model sees a photo (``external_preprocessing.detection``), then through each task's
     evaluation. Everything is namespaced ``external``: reports land in
-    ``08_reporting/external.<task>_*`` and in MLflow as ``external.<task>.test_*``.
+    ``08_reporting/external_<task>_*`` and in MLflow as ``external.<task>.test_*``.
     """
-    from face_pipeline.pipelines import ingestion, preprocessing  # noqa: PLC0415 - avoid an import cycle
+    from face_pipeline.pipelines import preprocessing  # noqa: PLC0415 - avoid an import cycle
 
-    prepare = Pipeline(
-        ingestion.create_pipeline() + preprocessing.create_pipeline(),
-        namespace="external",
-        inputs={"raw_images": "external_images"},
-        parameters={
-            "params:ingestion": "params:external_ingestion",
-            "params:preprocessing": "params:external_preprocessing",
-        },
-    )
-    scoring = [
-        Pipeline(
-            create_pipeline(task),
-            namespace="external",
-            inputs={f"{task}.model": f"{task}.model"},
-            parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
-        )
-        for task in tasks
-    ]
-    return sum(scoring, prepare)
+    prepare = preprocessing.create_folder_pipeline("external", "external_images")
+    return sum((create_scoped_pipeline(task, "external", test="external.test") for task in tasks), prepare)

@@ -11,7 +11,7 @@ forgetting would show (``finetune_original.<task>.*``).
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.pipelines import evaluation, ingestion, preprocessing
+from face_pipeline.pipelines import evaluation, preprocessing
 from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves
 
 from .nodes import finetune_model, tag_lineage
@@ -65,32 +65,15 @@ def _task(task: str) -> Pipeline:
     )
 
 
-def _evaluation(task: str, scope: str, test: str, model: str) -> Pipeline:
-    """``task``'s evaluation of ``model`` on the split named ``test``, its outputs prefixed ``scope``."""
-    return Pipeline(
-        evaluation.create_pipeline(task),
-        namespace=scope,
-        inputs={"test_images": f"{test}_images", "test_labels": f"{test}_labels", f"{task}.model": model},
-        parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
-    )
-
-
 def create_pipeline(tasks: tuple[str, ...] = TASKS, **kwargs) -> Pipeline:
-    prepare = Pipeline(
-        ingestion.create_pipeline() + preprocessing.create_pipeline(),
-        namespace="finetune",
-        inputs={"raw_images": "finetune_images"},
-        parameters={
-            "params:ingestion": "params:finetune_ingestion",
-            "params:preprocessing": "params:finetune_preprocessing",
-        },
-    )
-    pipelines = [prepare]
+    pipelines = [preprocessing.create_folder_pipeline("finetune", "finetune_images")]
     for task in tasks:
         pipelines += [
             _task(task),
-            _evaluation(task, "finetune", "finetune.test", f"finetune.{task}.model"),
-            _evaluation(task, "finetune_base", "finetune.test", f"finetune_base_{task}_model"),
-            _evaluation(task, "finetune_original", "test", f"finetune.{task}.model"),
+            evaluation.create_scoped_pipeline(task, "finetune", test="finetune.test", model=f"finetune.{task}.model"),
+            evaluation.create_scoped_pipeline(
+                task, "finetune_base", test="finetune.test", model=f"finetune_base_{task}_model"
+            ),
+            evaluation.create_scoped_pipeline(task, "finetune_original", model=f"finetune.{task}.model"),
         ]
     return sum(pipelines[1:], pipelines[0])

@@ -1,5 +1,5 @@
 """Preprocessing pipeline."""
 
-from .pipeline import create_pipeline
+from .pipeline import create_folder_pipeline, create_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["create_folder_pipeline", "create_pipeline"]

@@ -33,3 +33,22 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
+
+
+def create_folder_pipeline(scope: str, images: str) -> Pipeline:
+    """Ingestion and preprocessing of another labelled folder (the catalog entry ``images``).
+
+    Everything is namespaced ``scope`` (``<scope>.face_manifest``, ``<scope>.test_images``...)
+    and reads the parameters ``<scope>_ingestion`` and ``<scope>_preprocessing``.
+    """
+    from face_pipeline.pipelines import ingestion  # noqa: PLC0415 - ingestion imports nothing of this
+
+    return Pipeline(
+        ingestion.create_pipeline() + create_pipeline(),
+        namespace=scope,
+        inputs={"raw_images": images},
+        parameters={
+            "params:ingestion": f"params:{scope}_ingestion",
+            "params:preprocessing": f"params:{scope}_preprocessing",
+        },
+    )
