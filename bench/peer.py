@@ -52,19 +52,25 @@ def venv_python(folder: Path) -> Path:
     return Path(folder).absolute() / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_peer_venv(folder: Path) -> Path:
-    """Create the peer venv in ``folder`` if needed, install the pinned peer into it, return its python."""
+def ensure_venv(folder: Path, requirements: list[str]) -> Path:
+    """Create a venv in ``folder`` if needed, install ``requirements`` into it, return its python."""
     python = venv_python(folder)
     stamp = Path(folder) / STAMP_NAME
-    if python.exists() and stamp.exists() and stamp.read_text().strip() == PEER_REQUIREMENT:
+    wanted = "\n".join(requirements) + "\n"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, PEER_REQUIREMENT], check=True)
+    subprocess.run([*pip, *requirements], check=True)
     # Written last, so an interrupted install is redone on the next call.
-    stamp.write_text(PEER_REQUIREMENT + "\n")
+    stamp.write_text(wanted)
     return python
+
+
+def ensure_peer_venv(folder: Path) -> Path:
+    """Create the peer venv in ``folder`` if needed, install the pinned peer into it, return its python."""
+    return ensure_venv(folder, [PEER_REQUIREMENT])
 
 
 def decode(path: str) -> tuple[Any, str | None]:
