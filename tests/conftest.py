@@ -31,6 +31,7 @@ def copy_project(root: Path) -> Path:
     """A throw-away copy of the Kedro project's configuration and notebooks (the package is installed)."""
     root.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copy(PROJECT_ROOT / ".telemetry", root)
     shutil.copytree(PROJECT_ROOT / "conf" / "base", root / "conf" / "base")
     shutil.copytree(PROJECT_ROOT / "notebooks", root / "notebooks")
     (root / "conf" / "local").mkdir()

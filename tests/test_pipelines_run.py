@@ -2,8 +2,11 @@
 
 import base64
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -244,3 +247,22 @@ def test_finetune_on_another_population(trained_project, tmp_path):
     assert expected <= set(run.data.metrics)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "finetune.gender.val_loss")
     assert [m.step for m in history] == [1, 2]
+
+
+def test_running_kedro_sends_no_telemetry_and_leaves_pyproject_alone(project):
+    """The project declares its telemetry consent: kedro run as the README says, with no opt-out variables."""
+    before = (project / "pyproject.toml").read_text()
+    environment = {k: v for k, v in os.environ.items() if k not in ("KEDRO_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    kedro_cli = Path(sys.executable).with_name("kedro")
+    result = subprocess.run(
+        [str(kedro_cli), "registry", "list"],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sending anonymous usage data" not in result.stdout + result.stderr
+    assert (project / "pyproject.toml").read_text() == before
