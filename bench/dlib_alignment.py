@@ -61,7 +61,7 @@ def main() -> None:
         make_chips(*args.make_chips)
         return
     # Imported here: the dlib venv runs this file too, without the project's packages.
-    from predict import photo_sample, scores, utkface_sample  # noqa: PLC0415
+    from predict import first_faces, photo_sample, scores, utkface_sample  # noqa: PLC0415
 
     from face_pipeline.images import ImageSpec, convert_pixels, face_input  # noqa: PLC0415
     from face_pipeline.predict import (  # noqa: PLC0415
@@ -98,11 +98,7 @@ def main() -> None:
         table = FacePredictor.from_settings(*models, settings).predict(
             [(p, Path(p).read_bytes) for p in sample["path"]]
         )
-        first = table[table["status"] == "ok"].drop_duplicates("file")
-        our_rows = [
-            {"file": row.file, "found": True, "female_probability": row.female_probability, "age": row.age}
-            for row in first.itertuples()
-        ]
+        our_rows = first_faces(table)
         dlib_label = f"dlib 68-point chip ({float(made['ms_per_image']):.0f} ms/image)"
         for label, rows in ((dlib_label, dlib_rows), ("ours (BlazeFace, aligned)", our_rows)):
             result = scores(sample, rows)

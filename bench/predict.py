@@ -91,18 +91,18 @@ def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
     started = time.perf_counter()
     table = predictor.predict(photos)
     seconds = time.perf_counter() - started
-    first = table[table["status"] == "ok"].drop_duplicates("file").set_index("file")
-    rows = [
-        {"file": path, "found": path in first.index}
-        | (
-            {"female_probability": first.at[path, "female_probability"], "age": first.at[path, "age"]}
-            if path in first.index
-            else {}
-        )
-        for path in files
-    ]
     faces = int((table["status"] == "ok").sum())
-    out.write_text(json.dumps({"seconds": seconds, "faces": faces, "rows": rows}))
+    out.write_text(json.dumps({"seconds": seconds, "faces": faces, "rows": first_faces(table)}))
+
+
+def first_faces(table: pd.DataFrame) -> list[dict]:
+    """The first face of each photo in a prediction table, as ``scores`` reads rows (photos without one are
+    left out: not found)."""
+    first = table[table["status"] == "ok"].drop_duplicates("file")
+    return [
+        {"file": row.file, "found": True, "female_probability": row.female_probability, "age": row.age}
+        for row in first.itertuples()
+    ]
 
 
 def run_peer(python: Path, files: list[str], detect: str, cores: str) -> dict:

@@ -34,6 +34,7 @@ from face_pipeline.predict import (
     load_inference_settings,
     load_keras_model,
     predict_in_batches,
+    prepare_photo,
 )
 from face_pipeline.serving import log_face_model, pinned_requirements, register_models
 
@@ -89,8 +90,8 @@ def test_a_detected_face_is_aligned_then_gets_the_training_preprocessing():
 def test_boxes_are_in_the_photos_own_pixels_when_it_is_decoded_smaller():
     large = encode(Image.fromarray(data.astronaut()).resize((2048, 2048)), quality=90)
     settings = DetectionSettings(mode="auto", max_side=512)  # decoded at 1/4 scale
-    [small_row], _ = FacePredictor(Recorder(0.5), Recorder(30), SPEC, settings).faces("photo.jpg", PHOTO)
-    [large_row], _ = FacePredictor(Recorder(0.5), Recorder(30), SPEC, settings).faces("large.jpg", large)
+    [small_row], _ = prepare_photo("photo.jpg", PHOTO, SPEC, settings)
+    [large_row], _ = prepare_photo("large.jpg", large, SPEC, settings)
     for key in ("box_x", "box_y", "box_size"):
         assert abs(large_row[key] - 4 * small_row[key]) <= 8, key
 

@@ -138,11 +138,12 @@ def _anchors(model: DetectorModel) -> np.ndarray:
 class BlazeFace:
     """A BlazeFace model on the LiteRT interpreter. Not thread-safe: see ``detector``."""
 
-    def __init__(self, model: DetectorModel, threads: int = 1) -> None:
+    def __init__(self, model: DetectorModel) -> None:
         from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - only where faces are detected
 
         self.model = model
-        self.interpreter = Interpreter(model_path=str(ASSETS / model.file), num_threads=threads)
+        # One thread: photos are searched in parallel by worker processes or server threads.
+        self.interpreter = Interpreter(model_path=str(ASSETS / model.file), num_threads=1)
         self.interpreter.allocate_tensors()
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         # Outputs: scores (1, N, 1) and box + landmark offsets (1, N, 16).
@@ -178,9 +179,8 @@ class BlazeFace:
         anchors = self.anchors[candidates][:, None, :]
         centres, extents = offsets[:, 0] + anchors[:, 0], offsets[:, 1]
         origin = np.array([square.x, square.y]) - 0.5  # the model's 0 is the square's outer edge
-        boxes = np.concatenate([centres - extents / 2, centres + extents / 2], axis=1) * square.size + np.tile(
-            origin, 2
-        )
+        corners = np.concatenate([centres - extents / 2, centres + extents / 2], axis=1)
+        boxes = corners * square.size + np.concatenate([origin, origin])
         points = (offsets[:, 2:] + anchors) * square.size + origin
         return [_face(box, score, landmarks) for box, landmarks, score in _blend(boxes, points, scores, overlap)]
 
@@ -217,12 +217,12 @@ def _face(box: np.ndarray, score: float, points: np.ndarray) -> Face:
 _local = threading.local()
 
 
-def detector(model: str, threads: int = 1) -> BlazeFace:
+def detector(model: str) -> BlazeFace:
     """This thread's detector: LiteRT interpreters must not be shared between threads."""
     cache = _local.__dict__.setdefault("detectors", {})
-    if (model, threads) not in cache:
-        cache[model, threads] = BlazeFace(DETECTOR_MODELS[model], threads)
-    return cache[model, threads]
+    if model not in cache:
+        cache[model] = BlazeFace(DETECTOR_MODELS[model])
+    return cache[model]
 
 
 def whole_image(pixels: np.ndarray) -> Face:

@@ -174,8 +174,14 @@ def load_image(data: bytes, spec: ImageSpec, min_side: int | None = None) -> np.
     EXIF orientation is applied. With ``min_side``, JPEGs are decoded at 1/2, 1/4 or 1/8
     scale as long as the shorter side stays at least ``min_side`` pixels.
     """
+    return load_scaled_image(data, spec, min_side)[0]
+
+
+def load_scaled_image(data: bytes, spec: ImageSpec, min_side: int | None = None) -> tuple[np.ndarray, float]:
+    """``load_image``, and how many of the photo's pixels one decoded pixel spans (1, 2, 4 or 8)."""
     mode, _ = COLOR_MODES[spec.color_mode]
     image = open_image(data, spec.max_pixels)
+    longer_side = max(image.size)
     pixels = None
     if image.format == "JPEG" and image.mode in ("L", "RGB"):
         pixels = _decode_jpeg(data, mode, min(image.size), min_side or min(image.size))
@@ -183,7 +189,7 @@ def load_image(data: bytes, spec: ImageSpec, min_side: int | None = None) -> np.
         image = load_pixels(image)
         ImageOps.exif_transpose(image, in_place=True)
         pixels = np.asarray(to_mode(image, mode))
-    return pixels
+    return pixels, longer_side / max(pixels.shape[:2])
 
 
 def convert_pixels(pixels: np.ndarray, color_mode: str) -> np.ndarray:

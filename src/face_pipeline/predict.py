@@ -6,7 +6,6 @@ the served MLflow model alike, so all three give the same answer for the same ph
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
-from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_image
+from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_scaled_image
 from face_pipeline.parallel import map_chunks
 
 logger = logging.getLogger(__name__)
@@ -115,9 +113,9 @@ def prepare_photo(
     try:
         data = data() if callable(data) else data
         if detection.mode == "never":
-            pixels = load_image(data, spec, min_side=spec.size)
-            return [_row(name, 0, whole_image(pixels), _scale(data, pixels))], [face_input(pixels, spec)]
-        rgb = load_image(data, replace(spec, color_mode="rgb"), min_side=detection.max_side)
+            pixels, scale = load_scaled_image(data, spec, min_side=spec.size)
+            return [_row(name, 0, whole_image(pixels), scale)], [face_input(pixels, spec)]
+        rgb, scale = load_scaled_image(data, replace(spec, color_mode="rgb"), min_side=detection.max_side)
     except ImageRejected as exc:
         return [{"file": name, "status": "error", "reason": str(exc)}], []
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
@@ -126,13 +124,7 @@ def prepare_photo(
     if not faces:
         return [{"file": name, "status": "no face", "reason": "no face detected"}], []
     chips = [convert_pixels(face_chip(rgb, face, detection), spec.color_mode) for face in faces]
-    scale = _scale(data, rgb)
     return [_row(name, index, face, scale) for index, face in enumerate(faces)], [face_input(c, spec) for c in chips]
-
-
-def _scale(data: bytes, pixels: np.ndarray) -> float:
-    """Photo pixels per decoded pixel: large JPEGs are decoded at 1/2, 1/4 or 1/8 scale."""
-    return max(Image.open(io.BytesIO(data)).size) / max(pixels.shape[:2])
 
 
 def _row(name: str, index: int, face: Face, scale: float) -> dict:
@@ -183,10 +175,6 @@ class FacePredictor:
             DetectionSettings.from_params(settings["detection"]),
             **options,
         )
-
-    def faces(self, name: str, data: bytes | Callable[[], bytes]) -> tuple[list[dict], list[np.ndarray]]:
-        """Rows (without predictions) and network inputs for one photo; failures become rows."""
-        return prepare_photo(name, data, self.spec, self.detection)
 
     def predict_stream(self, photos: Iterable[tuple[str, bytes | Callable[[], bytes]]]) -> Iterator[pd.DataFrame]:
         """One table per chunk of photos, in input order: one row per face found, or per photo
