@@ -6,17 +6,19 @@ import pytest
 import tensorflow as tf
 
 from face_pipeline import models
+from face_pipeline.config import ConfigError
 from face_pipeline.models import (
-    AGE_BINS,
     ARCHITECTURES,
-    AgeDistributionLoss,
+    ModelSettings,
     augmentation,
     build_model,
+    compile_model,
     default_cnn,
     inference_model,
     resolve_precision,
     seed_cnn,
 )
+from face_pipeline.tasks import AGE_BINS, AgeDistributionLoss
 
 
 def seed_parameter_count(size: int = 128, filters=(32, 64, 128, 256), dense: int = 256) -> int:
@@ -38,9 +40,11 @@ def test_seed_profile_is_the_seed_recipe():
     assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == 4
     assert any(isinstance(layer, keras.layers.Flatten) for layer in model.layers)
     assert any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+    assert not model.compiled  # builders leave compiling to training
+    compile_model(model, "gender", 1e-3)
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert model.loss == "binary_crossentropy"
-    assert seed_cnn((128, 128, 1), "age").loss == "mae"
+    assert compile_model(seed_cnn((128, 128, 1), "age"), "age", 1e-3).loss == "mae"
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -50,7 +54,7 @@ def test_outputs_have_the_right_shape_and_range(architecture):
     probabilities = gender.predict(images, verbose=0)
     assert probabilities.shape == (4, 1)
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
-    age = build_model(architecture, (64, 64, 1), "age", filters=[8, 16, 16], age_mean=40.0, age_std=5.0)
+    age = build_model(architecture, (64, 64, 1), "age", filters=[8, 16, 16], label_stats={"mean": 40.0, "std": 5.0})
     years = age.predict(images, verbose=0)
     assert years.shape == (4, 1)
     assert np.abs(years - 40.0).max() < 20  # starts near the mean age, not near zero
@@ -111,33 +115,6 @@ def test_downsampled_network_augments_the_pooled_faces():
     assert model.get_layer("augmentation").output.shape[1:] == (16, 16, 1)
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_weight_decay_shrinks_kernels_only(architecture, tmp_path):
-    def trained(weight_decay: float) -> keras.Model:
-        keras.utils.set_random_seed(0)
-        model = build_model(architecture, (32, 32, 1), "gender", filters=[8, 8], weight_decay=weight_decay)
-        model.optimizer.learning_rate.assign(0.01)
-        # Black images: no kernel changes the output, so kernels get no gradient and only the
-        # decay can move them.
-        images = np.zeros((8, 32, 32, 1), dtype=np.uint8)
-        model.fit(images, np.zeros((8, 1), dtype="float32"), epochs=3, verbose=0)
-        return model
-
-    plain, decayed = trained(0.0), trained(5.0)
-    assert isinstance(plain.optimizer, keras.optimizers.Adam) and not isinstance(
-        plain.optimizer, keras.optimizers.AdamW
-    )
-    assert isinstance(decayed.optimizer, keras.optimizers.AdamW)
-    for before, after in zip(plain.trainable_weights, decayed.trainable_weights, strict=True):
-        norms = float(np.linalg.norm(before.numpy())), float(np.linalg.norm(after.numpy()))
-        if len(before.shape) >= 2:  # kernels: 3 steps x rate 0.01 x decay 5 shrink them ~14 %
-            assert norms[1] < 0.9 * norms[0], before.path
-        else:  # biases, batch-norm scales and offsets: the same as without decay
-            np.testing.assert_allclose(after.numpy(), before.numpy(), atol=1e-6, err_msg=before.path)
-    decayed.save(tmp_path / "model.keras")
-    assert isinstance(keras.models.load_model(tmp_path / "model.keras").optimizer, keras.optimizers.AdamW)
-
-
 def test_augmentation_changes_training_inputs_only():
     layer = augmentation(flip=True, rotation=0.05, zoom=0.1, translation=0.05, brightness=0.1, contrast=0.1, seed=1)
     images = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
@@ -154,9 +131,39 @@ def test_unknown_options_are_refused():
         build_model("default_cnn", (32, 32, 1), "age", loss="hinge")
     with pytest.raises(ValueError, match="precision"):
         build_model("default_cnn", (32, 32, 1), "age", precision="int8")
-    for auxiliary in ({"race": 1.0}, {"gender": 1.0}):
-        with pytest.raises(ValueError, match="auxiliary tasks"):
-            build_model("default_cnn", (32, 32, 1), "gender", auxiliary=auxiliary)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"architecture": "default_cnn", "los": "mae"}, r"unknown key\(s\) 'los' in parameters 'age.model'"),
+        ({"architecture": "resnet"}, r"age.model.architecture must be one of default_cnn, seed_cnn"),
+        (
+            {"architecture": "default_cnn", "default_cnn": {"filter": [8]}},
+            r"'filter' in parameters 'age.model.default_cnn'.*known keys: batch_norm",
+        ),
+        (  # a block not chosen is checked too
+            {"architecture": "default_cnn", "seed_cnn": {"dense": 8}},
+            r"'dense' in parameters 'age.model.seed_cnn'",
+        ),
+        (
+            {"architecture": "default_cnn", "augment": {"flip": True, "zooom": 0.1}},
+            r"'zooom' in parameters 'age.model.augment'",
+        ),
+    ],
+)
+def test_model_settings_name_a_misspelt_key_with_its_block_and_file(params, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        ModelSettings.from_params(params, "age.model")
+    if "unknown" in str(error.value):
+        assert "conf/base/parameters_train_age.yml" in str(error.value)
+
+
+def test_model_settings_give_the_chosen_builder_its_block():
+    settings = ModelSettings.from_params(
+        {"architecture": "seed_cnn", "seed_cnn": {"filters": [4, 8]}, "default_cnn": {"filters": [2]}}, "age.model"
+    )
+    assert settings.builder_options() == {"filters": (4, 8)}
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -206,7 +213,9 @@ def test_age_distribution_loss_is_zero_only_at_the_target_distribution():
 
 
 def test_distribution_head_trains_on_bins_and_serves_one_age(tmp_path):
-    model = default_cnn((32, 32, 1), "age", filters=[8, 8], loss="distribution", age_mean=40.0, age_std=10.0)
+    model = default_cnn(
+        (32, 32, 1), "age", filters=[8, 8], loss="distribution", label_stats={"mean": 40.0, "std": 10.0}
+    )
     assert set(model.output) == {"age", "age_distribution"}
     images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 1)).astype(np.uint8)
     outputs = model.predict(images, verbose=0)
@@ -218,16 +227,18 @@ def test_distribution_head_trains_on_bins_and_serves_one_age(tmp_path):
     served.save(tmp_path / "age.keras")
     reloaded = keras.saving.load_model(tmp_path / "age.keras")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), outputs["age"], rtol=1e-5)
-    with pytest.raises(ValueError, match="age task only"):
+    with pytest.raises(ValueError, match="loss for gender must be one of"):
         default_cnn((32, 32, 1), "gender", filters=[8, 8], loss="distribution")
 
 
 @pytest.mark.parametrize(("task", "loss"), [("gender", None), ("age", "distribution")])
 def test_mirror_average_is_the_mean_over_the_face_and_its_mirror(tmp_path, task, loss):
-    model = default_cnn((24, 24, 1), task, filters=[8, 8], loss=loss, age_mean=40.0, age_std=10.0)
+    stats = {"mean": 40.0, "std": 10.0} if task == "age" else None
+    model = default_cnn((24, 24, 1), task, filters=[8, 8], loss=loss, label_stats=stats)
     rng = np.random.default_rng(4)
     for variable in model.trainable_variables:  # as if trained: the age bins start out constant
         variable.assign(variable + rng.normal(0, 0.1, variable.shape).astype("float32"))
+    compile_model(model, task, 1e-3, loss)
     model.optimizer.build(model.trainable_variables)
     plain = inference_model(model, task)
     averaged = inference_model(model, task, mirror_average=True)

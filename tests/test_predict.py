@@ -26,7 +26,7 @@ from skimage import data
 from face_pipeline.console import cli
 from face_pipeline.faces import DetectionSettings, face_chip, find_faces
 from face_pipeline.images import ImageSpec, convert_pixels, decode_face, face_input, load_image
-from face_pipeline.models import build_model
+from face_pipeline.models import build_model, compile_model
 from face_pipeline.predict import (
     PREDICTION_COLUMNS,
     FacePredictor,
@@ -139,7 +139,7 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for task in ("gender", "age"):
         model = build_model("default_cnn", (SIZE, SIZE, 1), task, stem_filters=4, filters=[4], batch_norm=False)
-        model.optimizer.build(model.trainable_variables)  # saved like a trained model's
+        compile_model(model, task, 1e-3)  # saved like a trained model
         # Kedro's versioned layout, two versions: the latest must win.
         for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
             path = folder / f"{task}_model.keras" / version / f"{task}_model.keras"

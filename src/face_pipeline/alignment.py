@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from face_pipeline.config import ConfigError, check_keys
+
 Point = tuple[float, float]
 
 
@@ -27,13 +29,11 @@ class ChipGeometry:
     landmarks: Mapping[str, Point]
 
     @classmethod
-    def from_params(cls, params: Mapping) -> ChipGeometry:
-        unknown = set(params) - {"size", "landmarks"}
-        if unknown:
-            raise ValueError(f"unknown key(s) in detection.chip: {sorted(unknown)}")
+    def from_params(cls, params: Mapping, block: str = "predict.detection.chip") -> ChipGeometry:
+        params = check_keys(params, {"size", "landmarks"}, block)
         landmarks = {name: (float(x), float(y)) for name, (x, y) in params["landmarks"].items()}
         if len(landmarks) < 2:
-            raise ValueError("detection.chip.landmarks needs at least two points (both eyes)")
+            raise ConfigError(f"{block}.landmarks needs at least two points (both eyes)")
         return cls(int(params["size"]), landmarks)
 
 

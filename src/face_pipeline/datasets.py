@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import PurePosixPath
@@ -148,3 +149,52 @@ class KerasModelDataset(AbstractDataset[None, Any]):
 
     def save(self, data: Any) -> None:
         raise DatasetError("KerasModelDataset is read-only")
+
+
+class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """A dict saved as a JSON file and, in an active MLflow run, logged as that run's params.
+
+    For what a node decides at run time (the epochs a time budget planned, the precision
+    ``auto`` resolved to): params sit beside the configured ones in the MLflow UI, so two runs
+    with equal parameters that trained different networks tell apart. Keys become
+    ``<prefix>.<key>``; values longer than MLflow's limit are cut.
+
+    Example::
+
+        "{task}.training_decisions":
+          type: face_pipeline.datasets.MlflowParamsDataset
+          filepath: data/08_reporting/{task}_training_decisions.json
+          prefix: "{task}.decided"
+    """
+
+    def __init__(self, *, filepath: str, prefix: str = "", metadata: dict[str, Any] | None = None) -> None:
+        protocol, path = get_protocol_and_path(filepath)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol)
+        self._filepath = PurePosixPath(path)
+        self._prefix = prefix
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "prefix": self._prefix}
+
+    def _path(self) -> str:
+        return get_filepath_str(self._filepath, self._protocol)
+
+    def load(self) -> dict[str, Any]:
+        with self._fs.open(self._path(), "r") as file:
+            return json.load(file)
+
+    def save(self, data: dict[str, Any]) -> None:
+        import mlflow  # noqa: PLC0415 - only where a run logs
+
+        path = self._path()
+        self._fs.mkdirs(str(PurePosixPath(path).parent), exist_ok=True)
+        with self._fs.open(path, "w") as file:
+            json.dump(data, file, indent=2, default=str)
+        if mlflow.active_run() is not None:
+            prefix = f"{self._prefix}." if self._prefix else ""
+            mlflow.log_params({f"{prefix}{key}": str(value)[:6000] for key, value in data.items()})
+
+    def _exists(self) -> bool:
+        return self._fs.exists(self._path())

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from face_pipeline.alignment import ChipGeometry, Point, align, warp
+from face_pipeline.config import check_keys, require_choice
 
 DETECT_MODES = ("auto", "always", "never")
 ASSETS = Path(__file__).parent / "assets"
@@ -97,22 +98,13 @@ class DetectionSettings:
     chip: ChipGeometry = field(default_factory=lambda: ChipGeometry.from_params(UTKFACE_CHIP))
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DetectionSettings:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) in predict.detection: {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        values = dict(params)
+    def from_params(cls, params: Mapping[str, Any], block: str = "predict.detection") -> DetectionSettings:
+        values = check_keys(params, cls.__dataclass_fields__, block)
         if "chip" in values:
-            values["chip"] = ChipGeometry.from_params(values["chip"])
+            values["chip"] = ChipGeometry.from_params(values["chip"], f"{block}.chip")
         settings = cls(**values)
-        if settings.mode not in DETECT_MODES:
-            raise ValueError(f"predict.detection.mode must be one of {DETECT_MODES}, got {settings.mode!r}")
-        if settings.model not in DETECTOR_MODELS:
-            raise ValueError(
-                f"predict.detection.model must be one of {sorted(DETECTOR_MODELS)}, got {settings.model!r}"
-            )
+        require_choice(settings.mode, DETECT_MODES, f"{block}.mode")
+        require_choice(settings.model, sorted(DETECTOR_MODELS), f"{block}.model")
         return settings
 
     def to_params(self) -> dict[str, Any]:

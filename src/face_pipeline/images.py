@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from face_pipeline.config import read_block, require_choice
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -75,16 +77,10 @@ class ImageSpec:
         return (self.size, self.size, self.channels)
 
     @classmethod
-    def from_params(cls, params: dict) -> ImageSpec:
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            known = sorted(cls.__dataclass_fields__)
-            raise ValueError(f"unknown key(s) in preprocessing.image: {sorted(unknown)}; known: {known}")
-        spec = cls(**params)
-        if spec.color_mode not in COLOR_MODES:
-            raise ValueError(f"color_mode must be one of {sorted(COLOR_MODES)}, got {spec.color_mode!r}")
-        if spec.resample not in RESAMPLING:
-            raise ValueError(f"resample must be one of {sorted(RESAMPLING)}, got {spec.resample!r}")
+    def from_params(cls, params: dict, block: str = "preprocessing.image") -> ImageSpec:
+        spec = read_block(cls, params, block)
+        require_choice(spec.color_mode, sorted(COLOR_MODES), f"{block}.color_mode")
+        require_choice(spec.resample, sorted(RESAMPLING), f"{block}.resample")
         return spec
 
 

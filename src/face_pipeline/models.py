@@ -1,4 +1,6 @@
-"""Keras model builders: each returns a compiled ``keras.Model`` from a few named parameters.
+"""Keras model builders: each returns an uncompiled ``keras.Model`` from a few named parameters.
+
+``compile_model`` compiles one for its task (the one place that picks optimizer, loss and metrics).
 
 Every model takes ``uint8``-valued images of shape ``(size, size, channels)`` and scales them to
 [0, 1] itself (a ``Rescaling`` layer), so nothing outside the model needs to know how. Data
@@ -8,48 +10,23 @@ augmentation layers sit inside the model too: they act during ``fit`` only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import layers
 
-# What distinguishes the two tasks: the output layer, the loss and the metrics.
-TASKS = ("gender", "age")
-LOSSES = {"binary_crossentropy", "mae", "huber", "distribution"}
-DEFAULT_LOSSES = {"gender": "binary_crossentropy", "age": "mae"}
+from face_pipeline.config import check_keys, require_choice
+from face_pipeline.tasks import get_task
+
 # Numeric precision of the layers between the input scaling and the output head while training.
 # Saved models always compute in float32.
 PRECISIONS = {"float32", "mixed_bfloat16", "auto"}
-# Ages the "distribution" loss spreads its probabilities over: one bin per year.
-AGE_BINS = np.arange(0, 121, dtype="float32")
-
-
-@keras.saving.register_keras_serializable(package="face_pipeline")
-class AgeDistributionLoss(keras.losses.Loss):
-    """Kullback-Leibler divergence from a Gaussian around the true age to the predicted bins.
-
-    Label distribution learning (DLDL-v2, Gao et al. 2018): the target is not one age but a
-    narrow distribution over neighbouring ages, which suits labels that are themselves
-    uncertain by a few years. ``y_true`` holds ages in years, ``y_pred`` probabilities per bin.
-    """
-
-    def __init__(self, sigma: float = 2.0, name: str = "age_distribution", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.sigma = float(sigma)
-
-    def call(self, y_true, y_pred):
-        bins = ops.convert_to_tensor(AGE_BINS)
-        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, 1))
-        target = ops.softmax(-0.5 * ops.square((bins - y_true) / self.sigma), axis=-1)
-        eps = keras.config.epsilon()
-        return ops.sum(target * (ops.log(target + eps) - ops.log(y_pred + eps)), axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "sigma": self.sigma}
 
 
 @contextlib.contextmanager
@@ -63,61 +40,6 @@ def _dtype_policy(policy: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def _task_head(features, task: str, age_mean: float, age_std: float, distribution: bool = False):
-    if task == "gender":
-        return layers.Dense(1, activation="sigmoid", dtype="float32", name="gender")(features)
-    if task == "age" and distribution:
-        # Probabilities per year of age, starting from a Gaussian prior around the training
-        # mean; the prediction in years is their expectation (a fixed dense layer).
-        prior = -0.5 * ((AGE_BINS - age_mean) / age_std) ** 2
-        probabilities = layers.Dense(
-            len(AGE_BINS),
-            activation="softmax",
-            kernel_initializer="zeros",
-            bias_initializer=keras.initializers.Constant(prior - prior.max()),
-            dtype="float32",
-            name="age_distribution",
-        )(features)
-        age = layers.Dense(
-            1,
-            use_bias=False,
-            trainable=False,
-            kernel_initializer=keras.initializers.Constant(AGE_BINS.reshape(-1, 1)),
-            dtype="float32",
-            name="age",
-        )(probabilities)
-        return {"age": age, "age_distribution": probabilities}
-    if task == "age":
-        # The dense layer predicts a standardised age; a fixed affine layer turns it into years.
-        # Without it the weights must first grow ~20x to span real ages, which stalls training.
-        standardised = layers.Dense(1, dtype="float32", name="age_standardised")(features)
-        return layers.Rescaling(scale=age_std, offset=age_mean, dtype="float32", name="age")(standardised)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-
-
-def _heads(
-    features,
-    task: str,
-    age_mean: float,
-    age_std: float,
-    loss: str | None,
-    auxiliary: dict[str, float] | None,
-):
-    """The task's output, plus one output per auxiliary task (``{task: loss weight}``).
-
-    Auxiliary outputs are trained alongside the main one and dropped from the saved model.
-    """
-    main = _task_head(features, task, age_mean, age_std, loss == "distribution")
-    if not auxiliary:
-        return main
-    outputs = dict(main) if isinstance(main, dict) else {task: main}
-    for other in auxiliary:
-        if other == task or other not in TASKS:
-            raise ValueError(f"auxiliary tasks must be among {TASKS} and differ from {task!r}, got {other!r}")
-        outputs[other] = _task_head(features, other, age_mean, age_std)
-    return outputs
-
-
 def _mirror(images):
     """Images flipped left-right, with built-in layers only (so saved models need no custom code)."""
     width = images.shape[2]
@@ -129,75 +51,46 @@ def _mirror(images):
     return layers.Permute((1, 3, 2), name="mirrored")(flipped)
 
 
-def _metrics(task: str) -> list[keras.metrics.Metric]:
-    if task == "gender":
-        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
-
-
-def _optimizer(model: keras.Model, learning_rate: float | Any, weight_decay: float) -> keras.optimizers.Optimizer:
-    """Adam, or AdamW where ``weight_decay`` > 0 (decoupled: each step shrinks kernels by rate x decay)."""
-    if not weight_decay:
-        return keras.optimizers.Adam(learning_rate)
-    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=float(weight_decay))
-    # Kernels only: biases and batch-norm scales and offsets set levels, not capacity.
-    optimizer.exclude_from_weight_decay(var_list=[w for w in model.trainable_weights if len(w.shape) < 2])
-    return optimizer
-
-
-def _compile(
-    model: keras.Model,
-    task: str,
-    learning_rate: float | Any,
-    loss: str | None,
-    auxiliary: dict[str, float] | None = None,
-    weight_decay: float = 0.0,
+def compile_model(
+    model: keras.Model, task: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule, loss=None
 ) -> keras.Model:
-    loss = loss or DEFAULT_LOSSES[task]
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    if loss == "distribution" and task != "age":
-        raise ValueError("loss 'distribution' is for the age task only")
-    optimizer = _optimizer(model, learning_rate, weight_decay)
-    main_loss = keras.losses.Huber(delta=5.0) if loss == "huber" else "mae" if loss == "distribution" else loss
-    if not isinstance(model.output, dict):
-        model.compile(optimizer=optimizer, loss=main_loss, metrics=_metrics(task))
-        return model
-    losses, weights = {task: main_loss}, {task: 1.0}
-    if loss == "distribution":
-        # DLDL-v2: the divergence shapes the distribution, MAE on its expectation sharpens it.
-        losses["age_distribution"], weights["age_distribution"] = AgeDistributionLoss(), 1.0
-    for other, weight in (auxiliary or {}).items():
-        losses[other], weights[other] = DEFAULT_LOSSES[other], float(weight)
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics={task: _metrics(task)})
+    """``model`` compiled for ``task``: Adam at ``learning_rate``, the task's loss named ``loss``
+    (None: its default) and its metrics, on the served output only."""
+    spec = get_task(task)
+    losses = spec.loss(loss)
+    if isinstance(model.output, dict):
+        losses = losses if isinstance(losses, dict) else {task: losses}
+        missing = set(losses) ^ set(model.output)
+        if missing:
+            raise ValueError(f"loss {loss!r} does not fit the outputs {sorted(model.output)} of {model.name}")
+        metrics = {task: spec.metrics()}
+    else:
+        if isinstance(losses, dict):
+            raise ValueError(f"loss {loss!r} needs the outputs {sorted(losses)}; {model.name} has one")
+        metrics = spec.metrics()
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses, metrics=metrics)
+    model.optimizer.build(model.trainable_variables)  # a model saved before training loads without warnings
     return model
 
 
-def compile_model(model: keras.Model, task: str, learning_rate: float | Any) -> keras.Model:
-    """Compile a trained single-output model again, with Adam at ``learning_rate``, for further training."""
-    return _compile(model, task, learning_rate, loss=None)
-
-
 def inference_model(model: keras.Model, task: str, mirror_average: bool = False) -> keras.Model:
-    """The single-output model to save and serve.
+    """The single-output model to save and serve (a new one compiled with the task's default loss and metrics).
 
-    Training-only outputs (the age bins of the "distribution" loss, auxiliary tasks) are dropped. With
+    Training-only outputs (the age bins of the "distribution" loss) are dropped. With
     ``mirror_average`` the model predicts each face and its mirror image and returns the mean
-    of the two, which evens out left/right quirks of one photo for twice the compute.
-    Compiled with the task's plain loss and metrics, so it loads without this package.
+    of the two, which evens out left/right quirks of one photo for twice the compute. The
+    saved model loads without this package.
     """
     if len(model.outputs) == 1 and not mirror_average:
         return model
-    # An uncompiled view of the trained layers: a compiled model nested inside would be saved with
-    # an optimizer of its own.
+    # An uncompiled view of the trained layers: a compiled model nested inside would be saved
+    # with an optimizer of its own.
     trained = keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     outputs = trained(inputs)
     if mirror_average:
         outputs = layers.Average(name=task)([outputs, trained(_mirror(inputs))])
-    single = keras.Model(inputs, outputs, name=model.name)
-    single.compile(optimizer=model.optimizer, loss=DEFAULT_LOSSES[task], metrics=_metrics(task))
-    return single
+    return compile_model(keras.Model(inputs, outputs, name=model.name), task, 1e-3)
 
 
 def augmentation(
@@ -239,13 +132,9 @@ def seed_cnn(
     filters: tuple[int, ...] = (32, 64, 128, 256),
     dense_units: int = 256,
     dropout: float = 0.5,
-    learning_rate: float | Any = 1e-3,
-    weight_decay: float = 0.0,
     loss: str | None = None,
-    age_mean: float = 33.0,
-    age_std: float = 20.0,
+    label_stats: dict[str, float] | None = None,
     augment: dict | None = None,
-    auxiliary: dict[str, float] | None = None,
 ) -> keras.Model:
     """The seed recipe: Conv 3x3 + ReLU + 2x2 max-pool per block, Flatten, Dense, Dropout, one output."""
     inputs = keras.Input(shape=input_shape, name="image")
@@ -258,8 +147,14 @@ def seed_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _heads(x, task, age_mean, age_std, loss, auxiliary), name=f"seed_cnn_{task}")
-    return _compile(model, task, learning_rate, loss, auxiliary, weight_decay)
+    return keras.Model(inputs, _head(x, task, loss, label_stats), name=f"seed_cnn_{task}")
+
+
+def _head(features, task: str, loss: str | None, label_stats: dict[str, float] | None):
+    """The task's output layer(s) on ``features``; ``label_stats`` as the task's ``label_stats`` gives them."""
+    spec = get_task(task)
+    spec.loss(loss)  # an unknown loss fails here, before any training
+    return spec.head(features, loss, **(label_stats or {}))
 
 
 def _downsample(images, factor: float):
@@ -288,13 +183,9 @@ def default_cnn(
     dense_units: int = 128,
     dropout: float = 0.3,
     downsample: float = 1,
-    learning_rate: float | Any = 1e-3,
-    weight_decay: float = 0.0,
     loss: str | None = None,
-    age_mean: float = 33.0,
-    age_std: float = 20.0,
+    label_stats: dict[str, float] | None = None,
     augment: dict | None = None,
-    auxiliary: dict[str, float] | None = None,
 ) -> keras.Model:
     """A CNN sized for CPUs: early downsampling, then VGG-style stages and global pooling.
 
@@ -342,8 +233,7 @@ def default_cnn(
     x = layers.Dropout(dropout, name="features_dropout")(x)
     x = layers.Dense(dense_units, activation="relu", kernel_initializer="he_normal", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, _heads(x, task, age_mean, age_std, loss, auxiliary), name=f"default_cnn_{task}")
-    return _compile(model, task, learning_rate, loss, auxiliary, weight_decay)
+    return keras.Model(inputs, _head(x, task, loss, label_stats), name=f"default_cnn_{task}")
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "default_cnn": default_cnn}
@@ -392,3 +282,48 @@ def build_model(
             options[key] = tuple(options[key])
     with _dtype_policy(resolve_precision(precision)):
         return ARCHITECTURES[architecture](tuple(input_shape), task, **options)
+
+
+def _keyword_options(function) -> list[str]:
+    """The named options of a builder or of ``augmentation``: its keyword-only arguments."""
+    parameters = inspect.signature(function).parameters.values()
+    return [
+        p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty
+    ]
+
+
+# Options every builder takes that do not come from its own block: set by training.
+_SHARED_OPTIONS = {"loss", "label_stats", "augment"}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """A task's ``model`` block: which builder, its options, the loss, augmentation, mirror averaging.
+
+    ``builders`` holds each architecture's block (``default_cnn: {...}``), all checked against
+    their builder's arguments, so a misspelt key in a block not chosen fails too.
+    """
+
+    architecture: str
+    loss: str | None = None
+    mirror_average: bool = False
+    augment: Mapping[str, Any] | None = None
+    builders: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str) -> ModelSettings:
+        fields = {"architecture", "loss", "mirror_average", "augment"}
+        values = check_keys(params, fields | set(ARCHITECTURES), block)
+        builders = {name: dict(values.pop(name) or {}) for name in list(values) if name in ARCHITECTURES}
+        require_choice(values.get("architecture"), sorted(ARCHITECTURES), f"{block}.architecture")
+        for name, options in builders.items():
+            check_keys(options, set(_keyword_options(ARCHITECTURES[name])) - _SHARED_OPTIONS, f"{block}.{name}")
+        augment = values.get("augment")
+        if augment:
+            check_keys(augment, set(_keyword_options(augmentation)) - {"seed"}, f"{block}.augment")
+        return cls(**values, builders=builders)
+
+    def builder_options(self) -> dict[str, Any]:
+        """The chosen architecture's block, lists as tuples."""
+        options = dict(self.builders.get(self.architecture) or {})
+        return {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from face_pipeline.pipelines import evaluation, finetuning, ingestion, predict, preprocessing, training
+from face_pipeline.tasks import TASKS
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -16,16 +17,18 @@ def register_pipelines() -> dict[str, Pipeline]:
     """
     ingest = ingestion.create_pipeline()
     prepare = ingest + preprocessing.create_pipeline()
-    train = {task: training.create_pipeline(task=task) for task in ("gender", "age")}
-    evaluate = {task: evaluation.create_pipeline(task=task) for task in ("gender", "age")}
+    # One training and one evaluation pipeline per task (face_pipeline.tasks); the served model
+    # bundles the gender and age networks.
+    train = {task: training.create_pipeline(task=task) for task in TASKS}
+    evaluate = {task: evaluation.create_pipeline(task=task) for task in TASKS}
     settings = predict.create_settings_pipeline()
+    trained_and_evaluated = sum((train[task] + evaluate[task] for task in TASKS), Pipeline([]))
     return {
         "ingestion": ingest,
         "preprocessing": prepare,
-        "train_gender": prepare + train["gender"] + evaluate["gender"] + settings,
-        "train_age": prepare + train["age"] + evaluate["age"] + settings,
+        **{f"train_{task}": prepare + train[task] + evaluate[task] + settings for task in TASKS},
         # Scores the latest saved models again, e.g. after changing the evaluation parameters.
-        "evaluation": evaluate["gender"] + evaluate["age"],
+        "evaluation": sum(evaluate.values(), Pipeline([])),
         # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining.
         "evaluate_folder": evaluation.create_folder_pipeline(),
         # The saved models trained further on another population's labelled folder (FINETUNE_DATA_DIR).
@@ -34,11 +37,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         "predict": predict.create_pipeline(),
         # Both models bundled with detection and preprocessing as the MLflow model face_model.
         "package_model": settings + predict.create_packaging_pipeline(),
-        "__default__": prepare
-        + train["gender"]
-        + evaluate["gender"]
-        + train["age"]
-        + evaluate["age"]
-        + settings
-        + predict.create_packaging_pipeline(),
+        "__default__": prepare + trained_and_evaluated + settings + predict.create_packaging_pipeline(),
     }

@@ -7,6 +7,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook
+from face_pipeline.parameters import ParametersCheckHook
 from face_pipeline.serving import pinned_requirements
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
@@ -18,7 +19,7 @@ if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "250")
 
 # kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
-HOOKS = (MlflowTagsHook(),)
+HOOKS = (ParametersCheckHook(), MlflowTagsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

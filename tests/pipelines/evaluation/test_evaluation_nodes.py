@@ -12,12 +12,10 @@ from face_pipeline.pipelines.evaluation.nodes import (
     fairness_gaps,
     gender_scores,
     metrics_for_mlflow,
-    plot_confusion_matrix,
     plot_group_metric,
-    plot_predicted_vs_true,
-    plot_roc_curve,
     plot_worst_faces,
 )
+from face_pipeline.tasks import plot_confusion_matrix, plot_predicted_vs_true, plot_roc_curve
 
 GENDER = {"target": "gender"}
 AGE = {"target": "age"}
@@ -123,7 +121,7 @@ def test_plots_are_valid_pngs(tmp_path):
     gender_table = age_table.assign(y_true=age_table["gender"], y_pred=np.linspace(0.1, 0.9, 8))
     gender_report = gender_scores(gender_table["y_true"], gender_table["y_pred"])
     figures = [
-        plot_confusion_matrix(gender_report),
+        plot_confusion_matrix(gender_table, gender_report),
         plot_roc_curve(gender_table, gender_report),
         plot_predicted_vs_true(age_table, age_scores(age_table["y_true"], age_table["y_pred"])),
         plot_group_metric(breakdown(age_table, AGE, EVALUATION), AGE, "race"),

@@ -5,11 +5,13 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 
-from face_pipeline.models import build_model, inference_model
-from face_pipeline.pipelines.training import nodes
-from face_pipeline.pipelines.training.nodes import history_as_metrics, make_dataset, plot_training_curves, train_model
+from face_pipeline.config import ConfigError
+from face_pipeline.models import build_model, compile_model
+from face_pipeline.pipelines.training import backup, batch_norm, callbacks, nodes
+from face_pipeline.pipelines.training import budget as time_budget
+from face_pipeline.pipelines.training.data import make_dataset
+from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves, train_model
 
 SIZE = 32
 MODEL = {
@@ -54,7 +56,7 @@ def data():
 
 @pytest.mark.parametrize("task", ["gender", "age"])
 def test_one_epoch_per_task(data, task):
-    model, history = train_model(*data, {"target": task}, MODEL, training_params())
+    model, history, _ = train_model(*data, {"target": task}, MODEL, training_params())
     assert isinstance(model, keras.Model)
     expected = {"loss", "val_loss", "epoch_seconds"} | (
         {"accuracy", "auc", "val_accuracy", "val_auc"} if task == "gender" else {"mae", "rmse", "val_mae", "val_rmse"}
@@ -65,8 +67,8 @@ def test_one_epoch_per_task(data, task):
 
 def test_distribution_loss_trains_and_returns_a_single_output_age_model(data, caplog):
     model_options = {**MODEL, "loss": "distribution"}
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        model, history = train_model(*data, {"target": "age"}, model_options, training_params(epochs=2))
+    with caplog.at_level("INFO", logger="face_pipeline"):
+        model, history, _ = train_model(*data, {"target": "age"}, model_options, training_params(epochs=2))
     epoch_lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
     assert len(epoch_lines) == 2
     assert all(" val_mae=" in line and "val_age_mae" not in line for line in epoch_lines)
@@ -76,49 +78,6 @@ def test_distribution_loss_trains_and_returns_a_single_output_age_model(data, ca
     assert predictions.shape == (len(data[2]), 1)
     assert np.abs(predictions.ravel() - data[3]["age"].to_numpy()).mean() == pytest.approx(
         history["val_mae"][-1], rel=1e-3
-    )
-
-
-@pytest.mark.parametrize(
-    ("task", "loss", "auxiliary"),
-    [("gender", None, {"age": 0.02}), ("age", "distribution", {"gender": 0.5})],
-)
-def test_auxiliary_tasks_learn_their_own_labels_and_are_not_served(data, monkeypatch, task, loss, auxiliary):
-    trained = []
-    monkeypatch.setattr(
-        nodes, "inference_model", lambda model, *a, **k: trained.append(model) or inference_model(model, *a, **k)
-    )
-    model_options = {**MODEL, "loss": loss, "auxiliary": auxiliary, "mirror_average": True}
-    model, history = train_model(*data, {"target": task}, model_options, training_params(epochs=2))
-    (other, weight), (_, val_labels) = next(iter(auxiliary.items())), data[2:]
-    # The training loss adds the auxiliary loss with its weight.
-    extra = history["age_distribution_loss"][-1] if loss == "distribution" else 0.0
-    expected_loss = history[f"{task}_loss"][-1] + extra + weight * history[f"{other}_loss"][-1]
-    assert history["loss"][-1] == pytest.approx(expected_loss, rel=1e-3)
-    # Each output was scored against its own column: the auxiliary validation loss is what the
-    # auxiliary head's predictions give on that column.
-    predicted = trained[0].predict(data[2], verbose=0)[other].ravel()
-    expected = keras.losses.get({"gender": "binary_crossentropy", "age": "mae"}[other])
-    truth = val_labels[other].to_numpy(dtype="float32")
-    assert float(expected(truth, predicted)) == pytest.approx(history[f"val_{other}_loss"][-1], rel=1e-3)
-    # The served model has the main output only.
-    assert len(model.outputs) == 1 and model.output_shape == (None, 1)
-    truth = val_labels[task].to_numpy()
-    predictions = model.predict(data[2], verbose=0).ravel()
-    if task == "age":
-        assert np.abs(predictions - truth).mean() == pytest.approx(history["val_mae"][-1], rel=0.05)
-
-
-def test_training_outputs_kept_on_request(data):
-    model_options = {**MODEL, "auxiliary": {"age": 0.02}, "mirror_average": True}
-    trained, _ = train_model(*data, {"target": "gender"}, model_options, training_params(), keep_training_outputs=True)
-    # Every head, unaveraged: the auxiliary one predicts its own task, in its own unit.
-    assert set(trained.output) == {"gender", "age"}
-    assert not any(layer.name == "mirrored" for layer in trained.layers)
-    served = inference_model(trained, "age")
-    assert served.output_shape == (None, 1)
-    np.testing.assert_allclose(
-        served.predict(data[2], verbose=0), trained.predict(data[2], verbose=0)["age"], rtol=1e-5
     )
 
 
@@ -137,7 +96,9 @@ def test_dataset_with_one_target_per_output():
 )
 def test_mixed_precision_training_serves_a_float32_model(data, tmp_path, precision, task, loss, mirror_average):
     model_options = {**MODEL, "loss": loss, "mirror_average": mirror_average}
-    model, history = train_model(*data, {"target": task}, model_options, training_params(epochs=2, precision=precision))
+    model, history, _ = train_model(
+        *data, {"target": task}, model_options, training_params(epochs=2, precision=precision)
+    )
     assert len(history["val_loss"]) == 2
     policies = {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
     assert policies == {"float32"}
@@ -157,7 +118,7 @@ def test_mixed_precision_training_serves_a_float32_model(data, tmp_path, precisi
 
 
 def test_training_learns_the_signal(data):
-    _, history = train_model(
+    _, history, _ = train_model(
         *data, {"target": "gender"}, MODEL, training_params(epochs=4, learning_rate=0.005, lr_schedule="constant")
     )
     assert history["val_accuracy"][-1] > 0.9
@@ -214,10 +175,10 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path,
 
     # Another configuration does not pick up that backup (its weights would not fit)...
     other = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "dense_units": 4}}
-    _, history = train_model(*data, {"target": "gender"}, other, {**params, "epochs": 1})
+    _, history, _ = train_model(*data, {"target": "gender"}, other, {**params, "epochs": 1})
     assert len(history["loss"]) == 1
     # ...but the same one resumes: the crash came before the second epoch's backup, so epochs 2-4 run.
-    _, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    _, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == 3
     assert not any(path.is_file() for path in (tmp_path / "backup").rglob("*"))  # finished runs clean up
 
@@ -232,45 +193,14 @@ def test_early_stopping_waits_for_its_start_epoch(data, monkeypatch, start_epoch
 
     monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", worsening_validation)
     params = training_params(epochs=4, early_stopping_patience=1, early_stopping_start_epoch=start_epoch)
-    _, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    _, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == epochs_run
-
-
-def test_early_stopping_ignores_auxiliary_losses(data, monkeypatch):
-    original = nodes.EpochLog.on_epoch_end
-
-    def auxiliary_worsening(self, epoch, logs=None):
-        original(self, epoch, logs)
-        logs["val_loss"], logs["val_gender_loss"] = float(epoch), 1.0 / (epoch + 1)
-
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", auxiliary_worsening)
-    params = training_params(epochs=4, early_stopping_patience=1)
-    model_options = {**MODEL, "auxiliary": {"age": 0.01}}
-    _, history = train_model(*data, {"target": "gender"}, model_options, params)
-    assert len(history["loss"]) == 4
-
-
-def test_weight_averaging_ends_with_the_mean_of_the_last_epochs(data, monkeypatch):
-    seen = []
-    original = nodes.WeightAverage.on_epoch_end
-
-    def record(self, epoch, logs=None):
-        seen.append(self.model.get_weights())
-        original(self, epoch, logs)
-
-    monkeypatch.setattr(nodes.WeightAverage, "on_epoch_end", record)
-    params = training_params(epochs=4, weight_averaging_epochs=2, early_stopping_patience=3)
-    model, _ = train_model(*data, {"target": "gender"}, MODEL, params)
-    assert len(seen) == 4
-    for final, third, fourth in zip(model.get_weights(), seen[2], seen[3], strict=True):
-        np.testing.assert_allclose(final, (third + fourth) / 2, rtol=1e-5, atol=1e-7)
-    assert not np.allclose(seen[2][0], seen[3][0])  # the epochs did differ
 
 
 def test_deterministic_option_gives_identical_models(data):
     params = training_params(epochs=2, deterministic=True)
-    first, _ = train_model(*data, {"target": "age"}, MODEL, params)
-    second, _ = train_model(*data, {"target": "age"}, MODEL, params)
+    first, *_ = train_model(*data, {"target": "age"}, MODEL, params)
+    second, *_ = train_model(*data, {"target": "age"}, MODEL, params)
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -281,37 +211,40 @@ def test_batch_norm_recalibration_normalises_plain_training_images(data):
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for norm in norms:  # statistics far from anything the images give
         norm.moving_mean.assign(norm.moving_mean + 50.0)
-    assert nodes.recalibrate_batch_norm(model, images, count=len(images), seed=0, batch_size=16) == len(images)
+    assert batch_norm.recalibrate_batch_norm(model, images, count=len(images), seed=0, batch_size=16) == len(images)
     for norm in norms:
         outputs = keras.ops.convert_to_numpy(keras.Model(model.inputs, norm.output)(images, training=False))
         np.testing.assert_allclose(outputs.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
         assert np.all(outputs.std(axis=(0, 1, 2)) > 0.5) and np.all(outputs.std(axis=(0, 1, 2)) < 1.01)
-    assert nodes.recalibrate_batch_norm(model, images, count=0, seed=0) == 0
+    assert batch_norm.recalibrate_batch_norm(model, images, count=0, seed=0) == 0
 
 
 @pytest.mark.parametrize("better", ["restored", "last"])
 def test_after_re_estimation_the_better_of_restored_and_last_epoch_is_kept(data, better, caplog):
     images, labels, val_images, val_labels = data
     model = build_model("default_cnn", images.shape[1:], "gender", filters=[8, 8], dense_units=8)
+    compile_model(model, "gender", 1e-3)
     untrained = model.get_weights()
     model.fit(images, labels["gender"].to_numpy("float32"), epochs=8, batch_size=16, verbose=0)
     trained = model.get_weights()
     val_data = make_dataset(val_images, val_labels["gender"].to_numpy("float32"), 16, shuffle=False, seed=0)
-    # The restored epoch's weights are in the model; the last epoch's are the rival.
+    # The restored epoch's weights are in the model; the last epoch's are early stopping's.
     restored, last = (trained, untrained) if better == "restored" else (untrained, trained)
     model.set_weights(restored)
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        nodes._recalibrate_and_report(model, images, val_data, 64, seed=0, rival=(7, 9, last, "loss"))
-    kept = model.trainable_weights
+    stopping = callbacks.EarlyStoppingKeepingLast()
+    stopping.best_epoch, stopping.last_epoch, stopping.best_weights, stopping.last_weights = 6, 8, restored, last
+    with caplog.at_level("INFO", logger=batch_norm.__name__):
+        kept = batch_norm.finish_weights(model, images, val_data, 64, seed=0, stopping=stopping, epochs_run=9)
+    assert kept.epoch == (7 if better == "restored" else 9)
     expected = [w for w, variable in zip(trained, model.weights, strict=True) if variable.trainable]
-    for variable, value in zip(kept, expected, strict=True):
+    for variable, value in zip(model.trainable_weights, expected, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value)
     assert "Last epoch 9 against the restored epoch 7, both re-estimated" in caplog.text
-    assert f"keeping epoch {7 if better == 'restored' else 9}" in caplog.text
+    assert f"keeping epoch {kept.epoch}" in caplog.text
     # Statistics re-estimated for the weights kept, not left from the other candidate.
-    statistics = [norm.moving_mean.numpy() for norm in nodes._batch_norms(model)]
-    nodes.recalibrate_batch_norm(model, images, 64, seed=0)
-    for norm, mean in zip(nodes._batch_norms(model), statistics, strict=True):
+    statistics = [norm.moving_mean.numpy() for norm in batch_norm.batch_norms(model)]
+    batch_norm.recalibrate_batch_norm(model, images, 64, seed=0)
+    for norm, mean in zip(batch_norm.batch_norms(model), statistics, strict=True):
         np.testing.assert_allclose(norm.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
 
 
@@ -333,8 +266,8 @@ def test_training_compares_the_last_epoch_when_early_stopping_restored_an_earlie
     monkeypatch.setattr(nodes.EarlyStoppingKeepingLast, "on_epoch_end", record)
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "batch_norm": True}}
     params = training_params(epochs=3, early_stopping_patience=5, batch_norm_recalibration=64)
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        model, _ = train_model(*data, {"target": "gender"}, model_options, params)
+    with caplog.at_level("INFO", logger="face_pipeline"):
+        model, *_ = train_model(*data, {"target": "gender"}, model_options, params)
     assert len(seen) == 3
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Last epoch 3 against"))
     assert "the restored epoch 1" in line
@@ -344,86 +277,12 @@ def test_training_compares_the_last_epoch_when_early_stopping_restored_an_earlie
     np.testing.assert_array_equal(kernel, seen[kept - 1][stem_index])
 
 
-def test_progressive_resizing_shrinks_training_batches_until_its_last_epoch():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (8, SIZE, SIZE, 1)).astype(np.uint8)
-    images[0] = 77  # a flat face stays flat at any size
-    resizing = nodes.ProgressiveResizing(size=16, epochs=2, full_size=SIZE)
-    dataset = resizing.resize(make_dataset(images, np.arange(8.0), 8, shuffle=False, seed=0))
-    assert dataset.options().autotune.enabled is False
-    for epoch, side in [(0, 16), (1, 16), (2, SIZE), (5, SIZE)]:
-        resizing.on_epoch_begin(epoch)
-        ((x, y),) = list(dataset)
-        assert x.shape == (8, side, side, 1) and x.dtype == np.uint8
-        np.testing.assert_array_equal(y.numpy(), np.arange(8.0))
-        assert np.all(x.numpy()[0] == 77)
-        # The same pictures, smaller: mean brightness kept, full size untouched.
-        np.testing.assert_allclose(x.numpy().mean(axis=(1, 2, 3)), images.mean(axis=(1, 2, 3)), atol=1.0)
-        if side == SIZE:
-            np.testing.assert_array_equal(x.numpy(), images)
-
-
-def test_progressive_resizing_trains_small_and_serves_the_full_size(data, tmp_path, monkeypatch, caplog):
-    sides = []
-    resize = nodes.ProgressiveResizing.resize
-
-    def recording(self, dataset):
-        def record(x, y):
-            tf_side = tf.py_function(lambda side: sides.append(int(side)) or 0, [tf.shape(x)[1]], tf.int32)
-            with tf.control_dependencies([tf_side]):
-                return tf.identity(x), y
-
-        return resize(self, dataset).map(record)
-
-    monkeypatch.setattr(nodes.ProgressiveResizing, "resize", recording)
-    starts = []
-
-    class RecordingEarlyStopping(nodes.EarlyStoppingKeepingLast):
-        def __init__(self, **kwargs):
-            starts.append(kwargs["start_from_epoch"])
-            super().__init__(**kwargs)
-
-    monkeypatch.setattr(nodes, "EarlyStoppingKeepingLast", RecordingEarlyStopping)
-    model_options = {**MODEL, "mirror_average": True}
-    params = training_params(
-        epochs=3,
-        progressive_resizing={"size": 16, "epochs": 2},
-        early_stopping_patience=5,
-        early_stopping_start_epoch=1,
-    )
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        model, history = train_model(*data, {"target": "gender"}, model_options, params)
-    assert "Epochs 1-2 train on 16 px images, later epochs on 32 px" in caplog.text
-    assert len(history["loss"]) == 3
-    # 4 training and 2 validation batches per epoch: small epochs are validated small too.
-    assert sides == [16] * 12 + [SIZE] * 6
-    assert starts == [2]  # early stopping compares full-size epochs only
-    # Served at the size of the data.
-    assert model.input_shape == (None, SIZE, SIZE, 1)
-    model.save(tmp_path / "model.keras")
-    predictions = keras.saving.load_model(tmp_path / "model.keras").predict(data[2], verbose=0).ravel()
-    accuracy = ((predictions > 0.5) == data[3]["gender"].to_numpy()).mean()
-    assert accuracy == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
-
-
-def test_progressive_resizing_needs_a_network_that_takes_any_size(data):
-    seed_options = {**MODEL, "architecture": "seed_cnn", "seed_cnn": {"filters": [4], "dense_units": 4}}
-    params = training_params(progressive_resizing={"size": 16, "epochs": 1}, epochs=2)
-    with pytest.raises(ValueError, match="progressive_resizing needs a network that takes any image size"):
-        train_model(*data, {"target": "gender"}, seed_options, params)
-    with pytest.raises(ValueError, match=r"progressive_resizing\.size must be between 1 and 31"):
-        train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 32, "epochs": 1}))
-    # Off when no epochs are given.
-    model, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(progressive_resizing={"size": 16}))
-    assert model.input_shape == (None, SIZE, SIZE, 1)
-
-
 @pytest.mark.parametrize(
     ("epochs", "seconds", "budget", "planned"),
     [(18, 100.0, 34, 18), (18, 340.0, 34, 6), (18, 5000.0, 34, 1), (18, 340.0, None, 18), (4, 0.0, 1, 4)],
 )
 def test_plan_epochs_fits_the_budget_and_never_adds_epochs(epochs, seconds, budget, planned):
-    assert nodes.plan_epochs(epochs, seconds, budget) == planned
+    assert time_budget.plan_epochs(epochs, seconds, budget) == planned
 
 
 @pytest.mark.parametrize(
@@ -447,20 +306,22 @@ def test_plan_downsample_shrinks_the_faces_before_cutting_epochs(epochs, full, s
         timed.append(factor)
         return smaller[factor]
 
-    assert nodes.plan_downsample(epochs, full, seconds, budget) == planned
+    assert time_budget.plan_downsample(epochs, full, seconds, budget) == planned
     # A smaller network is timed only while fewer than half the epochs fit with the last one.
     assert timed == probed
 
 
 def test_measuring_a_step_times_training_steps(data):
     images, labels = data[0], data[1]
-    probe = build_model("default_cnn", images.shape[1:], "gender", **MODEL["default_cnn"])
+    probe = compile_model(
+        build_model("default_cnn", images.shape[1:], "gender", **MODEL["default_cnn"]), "gender", 1e-3
+    )
     dataset = make_dataset(images, labels["gender"].to_numpy(np.float32), 8, shuffle=False, seed=0)
-    assert 0 < nodes.measure_step_seconds(probe, dataset, probe_steps=4) < 1  # a tiny network
+    assert time_budget.measure_step_seconds(probe, dataset, probe_steps=4) > 0
     # One batch is timed again and again; no batch at all cannot be timed.
-    assert nodes.measure_step_seconds(probe, dataset.take(1)) > 0
+    assert time_budget.measure_step_seconds(probe, dataset.take(1)) > 0
     with pytest.raises(ValueError, match="data set is empty"):
-        nodes.measure_step_seconds(probe, dataset.take(0))
+        time_budget.measure_step_seconds(probe, dataset.take(0))
 
 
 def fake_step_seconds(full: float):
@@ -483,8 +344,8 @@ def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, ca
     params = training_params(
         tmp_path, epochs=6, time_budget_minutes=1, early_stopping_patience=1, early_stopping_start_epoch=3
     )
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        model, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    with caplog.at_level("INFO", logger="face_pipeline"):
+        model, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == 2
     assert "2 of 6 epochs fit" in caplog.text
     # The cosine schedule decays over the planned epochs (2 epochs of 4 steps), not the configured 6.
@@ -498,14 +359,14 @@ def test_a_resumed_run_keeps_its_planned_epochs(data, tmp_path, monkeypatch):
     train_until_killed_after_second_epoch(data, params, monkeypatch)
     # The machine now seems slower (1 epoch would fit), but the resumed run finishes its plan: epochs 2-4.
     monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(30.0))
-    _, history = train_model(*data, {"target": "gender"}, MODEL, params)
+    _, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == 3
 
 
 def test_time_limit_stops_before_an_epoch_that_would_overrun(monkeypatch, caplog):
     clock = iter([0.0, 0.0, 40.0, 40.0, 90.0, 90.0, 120.0])  # epochs of 40, 50 and 30 s
-    monkeypatch.setattr(nodes.time, "perf_counter", lambda: next(clock))
-    limit = nodes.TimeLimit(seconds=130)
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    limit = callbacks.TimeLimit(seconds=130)
     model = types.SimpleNamespace(stop_training=False)
     limit.set_model(model)
     limit.on_train_begin()
@@ -547,8 +408,8 @@ def test_a_time_budget_trains_on_smaller_faces_on_a_slow_machine(
     monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(full_step))
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "downsample": "auto"}}
     params = training_params(epochs=5, time_budget_minutes=1)
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        model, history = train_model(*data, {"target": "gender"}, model_options, params)
+    with caplog.at_level("INFO", logger="face_pipeline"):
+        model, history, _ = train_model(*data, {"target": "gender"}, model_options, params)
     assert len(history["loss"]) == epochs
     assert model.input_shape == (None, SIZE, SIZE, 1)
     assert log in caplog.text
@@ -562,8 +423,8 @@ def test_a_time_budget_plans_a_network_without_downsampling(data, monkeypatch, c
     # The seed network has no downsample option; its probe is the network as configured.
     monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))
     seed_options = {**MODEL, "architecture": "seed_cnn", "seed_cnn": {"filters": [4], "dense_units": 4}}
-    with caplog.at_level("INFO", logger=nodes.__name__):
-        _, history = train_model(
+    with caplog.at_level("INFO", logger="face_pipeline"):
+        _, history, _ = train_model(
             *data, {"target": "gender"}, seed_options, training_params(epochs=5, time_budget_minutes=1)
         )
     assert len(history["loss"]) == 2 and "2 of 5 epochs fit" in caplog.text
@@ -571,7 +432,49 @@ def test_a_time_budget_plans_a_network_without_downsampling(data, monkeypatch, c
 
 def test_a_budget_with_room_for_every_epoch_trains_the_same_model(data):
     params = training_params(epochs=2, deterministic=True)
-    unlimited, _ = train_model(*data, {"target": "age"}, MODEL, params)
-    budgeted, _ = train_model(*data, {"target": "age"}, MODEL, {**params, "time_budget_minutes": 60})
+    unlimited, *_ = train_model(*data, {"target": "age"}, MODEL, params)
+    budgeted, *_ = train_model(*data, {"target": "age"}, MODEL, {**params, "time_budget_minutes": 60})
     for a, b in zip(unlimited.get_weights(), budgeted.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_misspelt_training_key_is_an_error_naming_key_block_and_file(data):
+    params = {**training_params(), "early_stoping_patience": 3}
+    with pytest.raises(ConfigError, match=r"'early_stoping_patience' in parameters 'gender\.training'") as error:
+        train_model(*data, {"target": "gender"}, MODEL, params)
+    assert "conf/base/parameters_train_gender.yml" in str(error.value)
+    assert "early_stopping_patience" in str(error.value)  # the known keys are listed
+    with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine, plateau"):
+        train_model(*data, {"target": "gender"}, MODEL, training_params(lr_schedule="cosin"))
+    with pytest.raises(ValueError, match="task must be one of"):
+        train_model(*data, {"target": "height"}, MODEL, training_params())
+
+
+def test_a_re_split_data_set_of_the_same_size_does_not_resume_foreign_weights(data, tmp_path, monkeypatch):
+    params = training_params(tmp_path, epochs=4)
+    train_until_killed_after_second_epoch(data, params, monkeypatch)
+    # The same number of images, the training and validation rows swapped around: a new run.
+    train_images, train_labels, val_images, val_labels = data
+    mixed_images = np.concatenate([train_images[:32], val_images])
+    mixed_labels = pd.concat([train_labels[:32], val_labels], ignore_index=True)
+    _, history, decisions = train_model(
+        mixed_images, mixed_labels, train_images[32:], train_labels[32:], {"target": "gender"}, MODEL, params
+    )
+    assert len(history["loss"]) == 4 and decisions["resumed_from_backup"] is False
+    # The original data still resumes its own backup.
+    _, history, decisions = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert len(history["loss"]) == 3 and decisions["resumed_from_backup"] is True
+
+
+def test_training_decisions_record_what_the_run_chose(data, monkeypatch):
+    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))  # 28 s epochs: 2 of 5 in a minute
+    params = training_params(epochs=5, time_budget_minutes=1, early_stopping_patience=3)
+    _, history, decisions = train_model(*data, {"target": "gender"}, MODEL, params)
+    assert decisions["planned_epochs"] == 2 and decisions["plan"] == "measured"
+    assert decisions["epochs_run"] == len(history["loss"]) == 2
+    assert decisions["epoch_kept"] in {1, 2} and decisions["epoch_kept_because"]
+    assert decisions["precision"] == "float32" and decisions["threads"] >= 1
+    assert decisions["distribution_strategy"] == "_DefaultDistributionStrategy"
+    assert decisions["train_data_sha1"] == backup.data_fingerprint(data[0], data[1])
+    # Another data set, another fingerprint: runs on different data tell apart.
+    assert backup.data_fingerprint(data[2], data[3]) != decisions["train_data_sha1"]

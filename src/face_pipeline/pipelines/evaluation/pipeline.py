@@ -4,14 +4,14 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
+from face_pipeline.tasks import get_task
+
 from .nodes import (
     breakdown,
     evaluate,
     metrics_for_mlflow,
-    plot_confusion_matrix,
     plot_group_metric,
-    plot_predicted_vs_true,
-    plot_roc_curve,
+    plot_task,
     plot_worst_faces,
     predict,
 )
@@ -23,22 +23,17 @@ def _by(grouping: str):
     return update_wrapper(partial(plot_group_metric, grouping=grouping), plot_group_metric)
 
 
+def _task_plot(plot: str):
+    return update_wrapper(partial(plot_task, plot=plot), plot_task)
+
+
 def _plot_nodes(task: str) -> list[Node]:
-    """The plots differ by task; every plot is its own dataset so kedro-viz can preview it."""
-    if task == "gender":
-        task_plots = [
-            Node(plot_confusion_matrix, "metrics", "confusion_matrix_plot", name="plot_confusion_matrix"),
-            Node(plot_roc_curve, ["test_predictions", "metrics"], "roc_curve_plot", name="plot_roc_curve"),
-        ]
-    else:
-        task_plots = [
-            Node(
-                plot_predicted_vs_true,
-                ["test_predictions", "metrics"],
-                "predicted_vs_true_plot",
-                name="plot_predicted_vs_true",
-            ),
-        ]
+    """The task's own plots (``Task.plots``) and the shared ones; each plot is its own dataset so
+    kedro-viz can preview it."""
+    task_plots = [
+        Node(_task_plot(plot), ["test_predictions", "metrics", "params:task"], f"{plot}_plot", name=f"plot_{plot}")
+        for plot in get_task(task).plots
+    ]
     return [
         *task_plots,
         Node(_by("age_band"), ["group_metrics", "params:task"], "by_age_band_plot", name="plot_by_age_band"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -10,8 +11,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from face_pipeline.config import read_block
 from face_pipeline.models import compile_model
-from face_pipeline.pipelines.training.nodes import _callbacks, _targets, configure_runtime, make_dataset
+from face_pipeline.pipelines.training.data import make_dataset, model_targets
+from face_pipeline.pipelines.training.nodes import configure_runtime, task_target, training_callbacks
+from face_pipeline.pipelines.training.settings import TrainingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +25,35 @@ def _layers(model: keras.Layer):
     for layer in getattr(model, "layers", []):
         yield layer
         yield from _layers(layer)
+
+
+@dataclass(frozen=True)
+class FinetuningSettings:
+    """The ``finetuning`` block of ``conf/base/parameters_finetuning.yml`` (see its comments)."""
+
+    base_models: dict[str, str]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    early_stopping_patience: int = 0
+    freeze_batch_norm: bool = True
+    seed: int = 42
+    deterministic: bool = False
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], block: str = "finetuning") -> FinetuningSettings:
+        return read_block(cls, params, block)
+
+    def training(self) -> TrainingSettings:
+        """The same numbers as a training run's: constant learning rate, no budget, no backup."""
+        return TrainingSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            early_stopping_patience=self.early_stopping_patience,
+            seed=self.seed,
+            deterministic=self.deterministic,
+        )
 
 
 def finetune_model(
@@ -38,20 +71,21 @@ def finetune_model(
     mode), so a few thousand photos adapt the weights without re-estimating what the network
     learnt from far more. Early stopping on the validation loss restores the best epoch.
     """
-    configure_runtime(finetuning["seed"], finetuning.get("deterministic", False))
-    target = task["target"]
-    if finetuning.get("freeze_batch_norm", True):
+    settings = FinetuningSettings.from_params(finetuning)
+    configure_runtime(settings.seed, settings.deterministic)
+    target = task_target(task)
+    if settings.freeze_batch_norm:
         for layer in _layers(base_model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
-    model = compile_model(base_model, target, float(finetuning["learning_rate"]))
-    batch_size, seed = int(finetuning["batch_size"]), int(finetuning["seed"])
-    train = make_dataset(train_images, _targets(train_labels, target), batch_size, shuffle=True, seed=seed)
-    val = make_dataset(val_images, _targets(val_labels, target), batch_size, shuffle=False, seed=seed)
-    callbacks = _callbacks(finetuning, target, backup=None, monitored="val_loss")
+    model = compile_model(base_model, target, float(settings.learning_rate))
+    batch_size, seed = settings.batch_size, settings.seed
+    train = make_dataset(train_images, model_targets(model, train_labels, target), batch_size, shuffle=True, seed=seed)
+    val = make_dataset(val_images, model_targets(model, val_labels, target), batch_size, shuffle=False, seed=seed)
+    callbacks = training_callbacks(settings.training(), target, backup=None)
     before = model.evaluate(val, verbose=0, return_dict=True)
     logger.info("%s before fine-tuning: %s", target, ", ".join(f"val_{k}={v:.4f}" for k, v in before.items()))
-    fitted = model.fit(train, validation_data=val, epochs=int(finetuning["epochs"]), callbacks=callbacks, verbose=0)
+    fitted = model.fit(train, validation_data=val, epochs=settings.epochs, callbacks=callbacks, verbose=0)
     history = {name: [float(value) for value in values] for name, values in fitted.history.items()}
     return model, history
 

@@ -30,7 +30,7 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
                     "params:model",
                     "params:training",
                 ],
-                outputs=["model", "history"],
+                outputs=["model", "history", "training_decisions"],
                 name="train_model",
             ),
             Node(history_as_metrics, "history", "metric_history", name="log_metric_history"),

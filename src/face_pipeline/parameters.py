@@ -1,0 +1,181 @@
+"""Every parameter block of the project, typed and checked before a run starts.
+
+Each top-level key of the parameter files has a frozen dataclass here or beside the code that
+uses it (``TrainingSettings``, ``ModelSettings``, ``ImageSpec``, ``DetectionSettings``, ...).
+``check_parameters`` reads them all when Kedro loads the configuration (``ParametersCheckHook``),
+so a misspelt key fails the run at once, naming the key, the block and the file, instead of
+being ignored or failing an hour in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from face_pipeline.config import ConfigError, check_keys, read_block, require_choice
+from face_pipeline.faces import DetectionSettings
+from face_pipeline.images import ImageSpec
+
+LABEL_SOURCES = ("filename", "manifest")
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    source: str = "filename"
+    manifest_file: str = "labels.csv"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    fractions: Mapping[str, float]
+    seed: int = 42
+    age_bands: tuple[int, ...] = (13, 20, 40, 60)
+
+
+@dataclass(frozen=True)
+class IngestionSettings:
+    """``ingestion`` (and ``external_ingestion``, ``finetune_ingestion``): which images, which labels, the split."""
+
+    raw_dir: str
+    labels: LabelSource
+    split: SplitSettings
+    age_range: tuple[int, int] = (0, 120)
+    max_pixels: int = 50_000_000
+    workers: int | None = None
+    chunk_size: int = 256
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "ingestion") -> IngestionSettings:
+        values = check_keys(params, cls.__dataclass_fields__, block)
+        labels = read_block(LabelSource, values.get("labels"), f"{block}.labels")
+        require_choice(labels.source, LABEL_SOURCES, f"{block}.labels.source")
+        split = read_block(SplitSettings, values.get("split"), f"{block}.split")
+        check_keys(split.fractions, {"train", "val", "test"}, f"{block}.split.fractions")
+        return read_block(cls, {**values, "labels": labels, "split": split}, block)
+
+
+@dataclass(frozen=True)
+class PreprocessingSettings:
+    """``preprocessing`` (and ``external_preprocessing``, ``finetune_preprocessing``): images to arrays."""
+
+    image: ImageSpec
+    workers: int | None = None
+    chunk_size: int = 256
+    detection: DetectionSettings | None = None  # photos, not chips: find and align the face first
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "preprocessing") -> PreprocessingSettings:
+        values = check_keys(params, cls.__dataclass_fields__, block)
+        values["image"] = ImageSpec.from_params(values.get("image") or {}, f"{block}.image")
+        if values.get("detection"):
+            values["detection"] = DetectionSettings.from_params(values["detection"], f"{block}.detection")
+        return read_block(cls, values, block)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """``evaluation``: how results are broken down by group."""
+
+    age_bands: tuple[int, ...]
+    min_group_size: int = 30
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "evaluation") -> EvaluationSettings:
+        return read_block(cls, params, block)
+
+
+# Keys of ``predict`` that only ``--params`` sets: the catalog reads them (``runtime_params``).
+PREDICT_RUNTIME_KEYS = ("input_path", "gender_model", "age_model")
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """``predict``: how photos are read, searched for faces and batched."""
+
+    detection: DetectionSettings
+    batch_size: int = 64
+    workers: int | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "predict") -> PredictSettings:
+        values = check_keys(params, {*cls.__dataclass_fields__, *PREDICT_RUNTIME_KEYS}, block)
+        values = {key: value for key, value in values.items() if key not in PREDICT_RUNTIME_KEYS}
+        values["detection"] = DetectionSettings.from_params(values.get("detection") or {}, f"{block}.detection")
+        return read_block(cls, values, block)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """``registry``: whether and under which names a run registers its models."""
+
+    register: bool = False
+    names: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "registry") -> RegistrySettings:
+        from face_pipeline.tasks import TASKS  # noqa: PLC0415 - TensorFlow only where needed
+
+        settings = read_block(cls, params, block)
+        check_keys(settings.names, {*TASKS, "face"}, f"{block}.names")
+        return settings
+
+
+def _task_block(params: Mapping[str, Any], block: str) -> None:
+    from face_pipeline.models import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
+    from face_pipeline.pipelines.training.settings import TrainingSettings  # noqa: PLC0415
+
+    values = check_keys(params, {"task", "model", "training"}, block)
+    target = check_keys(values.get("task"), {"target"}, f"{block}.task").get("target")
+    if target != block:
+        raise ConfigError(f"{block}.task.target must be {block!r} (the block's name); got {target!r}")
+    ModelSettings.from_params(values.get("model") or {}, f"{block}.model")
+    TrainingSettings.from_params(values.get("training") or {}, f"{block}.training")
+
+
+def _finetuning_block(params: Mapping[str, Any], block: str) -> None:
+    from face_pipeline.pipelines.finetuning.nodes import FinetuningSettings  # noqa: PLC0415
+
+    FinetuningSettings.from_params(params, block)
+
+
+# What each top-level key of the parameter files is read as.
+BLOCKS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
+    "ingestion": IngestionSettings.from_params,
+    "external_ingestion": IngestionSettings.from_params,
+    "finetune_ingestion": IngestionSettings.from_params,
+    "preprocessing": PreprocessingSettings.from_params,
+    "external_preprocessing": PreprocessingSettings.from_params,
+    "finetune_preprocessing": PreprocessingSettings.from_params,
+    "evaluation": EvaluationSettings.from_params,
+    "predict": PredictSettings.from_params,
+    "registry": RegistrySettings.from_params,
+    "finetuning": _finetuning_block,
+}
+
+
+def check_parameters(params: Mapping[str, Any]) -> None:
+    """Read every block of ``params`` (Kedro's merged parameters) into its typed object.
+
+    Raises ``ConfigError`` for an unknown top-level key or any key a block does not have; a task
+    (``gender``, ``age`` or one registered in ``face_pipeline.tasks``) is a block too.
+    """
+    from face_pipeline.tasks import TASKS  # noqa: PLC0415 - TensorFlow only where needed
+
+    known = {*BLOCKS, *TASKS}
+    check_keys(params, known, "(top level)")
+    for block, values in params.items():
+        if block in TASKS:
+            _task_block(values, block)
+        else:
+            BLOCKS[block](values, block)
+
+
+class ParametersCheckHook:
+    """Checks every parameter block as soon as Kedro has loaded the configuration."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        check_parameters(context.params)

@@ -1,0 +1,97 @@
+"""Keras callbacks of a training run: the epoch log, the time limit, early stopping that keeps the last epoch."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import keras
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def metric_name(name: str, target: str) -> str:
+    """A multi-output model's metric named like a single-output one's (``val_age_mae`` -> ``val_mae``).
+
+    Losses keep their output's name (``age_distribution_loss``).
+    """
+    prefix, base = ("val_", name[4:]) if name.startswith("val_") else ("", name)
+    if base.startswith(f"{target}_") and not base.endswith("_loss"):
+        base = base[len(target) + 1 :]
+    return prefix + base
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch with every metric (for logs and CI); adds ``epoch_seconds`` to the logs.
+
+    Metrics are named as in the returned history and MLflow (``val_mae``, not ``val_age_mae``).
+    """
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.last_epoch: int | None = None  # 0-based, counted from the first epoch of a resumed run's start
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["epoch_seconds"] = time.perf_counter() - self._started
+        self.last_epoch = epoch
+        metrics = " ".join(
+            f"{metric_name(name, self.target)}={value:.4f}" for name, value in logs.items() if name != "epoch_seconds"
+        )
+        logger.info("epoch %d: %s (%.0f s)", epoch + 1, metrics, logs["epoch_seconds"])
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training before an epoch that would end more than ``seconds`` after training began.
+
+    Judged by the longest epoch so far; a guard behind the planned epochs of
+    ``training.time_budget_minutes``, for machines that slow down during a run.
+    """
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = float(seconds)
+
+    def on_train_begin(self, logs=None):
+        self._started, self._longest = time.perf_counter(), 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self._longest = max(self._longest, now - self._epoch_started)
+        if not self.model.stop_training and now - self._started + self._longest > self.seconds:
+            self.model.stop_training = True
+            logger.warning(
+                "Stopping after epoch %d: another epoch (up to %.0f s) would overrun the time budget of %.0f min",
+                epoch + 1,
+                self._longest,
+                self.seconds / 60,
+            )
+
+
+class EarlyStoppingKeepingLast(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that also keeps the last finished epoch (``last_epoch``, 0-based, and
+    ``last_weights``) before restoring its best weights."""
+
+    last_epoch: int | None = None
+    last_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.last_weights = self.model.get_weights()
+        super().on_train_end(logs)
+
+    @property
+    def restored_earlier_epoch(self) -> bool:
+        """Whether the weights at the end are an earlier epoch's than the last one run."""
+        return self.best_weights is not None and self.last_weights is not None and self.best_epoch != self.last_epoch

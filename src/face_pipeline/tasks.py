@@ -1,0 +1,294 @@
+"""What each prediction task is, in one place: its label, output layer, losses, metrics, scores and plots.
+
+A task is a label column of the manifest (``gender``, ``age``) and the namespace of its
+parameters (``conf/base/parameters_train_<task>.yml``), catalog entries and pipelines. Model
+builders, training, evaluation and prediction ask the task rather than testing its name, so a
+new task is its parameter file plus one ``Task`` in ``TASKS`` (``register`` adds one at run time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from keras import layers, ops
+from sklearn import metrics as skm
+
+from face_pipeline.pipelines.ingestion.nodes import GENDERS  # the label codes 0 and 1
+
+# Ages the "distribution" loss spreads its probabilities over: one bin per year.
+AGE_BINS = np.arange(0, 121, dtype="float32")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task.
+
+    ``head(features, loss, **label_stats)`` adds the output layer(s) to a network's features:
+    one tensor, or a dict whose entry ``name`` is the served output and whose other entries are
+    training-only outputs. ``losses`` maps each loss name a parameter file may choose to a
+    function returning the Keras loss(es) for that head (a dict for a multi-output head); the
+    first is the default. ``label_stats(targets)`` gives the head what it needs to know of the
+    training labels. ``scores(y_true, y_pred)`` are the evaluation report's numbers;
+    ``headline`` is the one that sums a model up. ``columns(outputs)`` turns the served
+    output into the prediction table's columns. ``plots`` are the evaluation plots
+    particular to the task, ``{name: plot(test_predictions, report)}``.
+    """
+
+    name: str
+    head: Callable[..., Any]
+    losses: Mapping[str, Callable[[], Any]]
+    metrics: Callable[[], list[keras.metrics.Metric]]
+    scores: Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+    headline: str
+    higher_is_better: bool
+    columns: Callable[[np.ndarray], dict[str, np.ndarray]]
+    label_stats: Callable[[np.ndarray], dict[str, float]] = lambda targets: {}
+    plots: Mapping[str, Callable[[pd.DataFrame, dict[str, Any]], plt.Figure]] = field(default_factory=dict)
+    describe_prediction: Callable[[float, float], str] = lambda true, predicted: (
+        f"true {true:g}, predicted {predicted:g}"
+    )
+    label: Callable[[pd.DataFrame], Any] | None = None
+
+    def targets(self, labels: pd.DataFrame) -> np.ndarray:
+        """The task's target per row of a labels table: the column of its name, or ``label(labels)``."""
+        values = self.label(labels) if self.label is not None else labels[self.name]
+        return np.asarray(values, dtype=np.float32)
+
+    @property
+    def default_loss(self) -> str:
+        return next(iter(self.losses))
+
+    def loss(self, name: str | None) -> Any:
+        """The Keras loss(es) named ``name`` (None: the default)."""
+        name = name or self.default_loss
+        if name not in self.losses:
+            raise ValueError(f"loss for {self.name} must be one of {sorted(self.losses)}, got {name!r}")
+        return self.losses[name]()
+
+
+# ---- gender ----------------------------------------------------------------------------
+
+
+def gender_head(features, loss: str | None = None):
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name="gender")(features)
+
+
+def gender_metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+
+
+def gender_scores(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Classification scores; AUC and log loss are None when only one class is present."""
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = (np.asarray(probability) >= threshold).astype(int)
+    both_classes = len(np.unique(y_true)) == 2
+    clipped = np.clip(probability, 1e-7, 1 - 1e-7)
+    return {
+        "count": len(y_true),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else None,
+        "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y_true, probability)) if both_classes else None,
+        "log_loss": float(skm.log_loss(y_true, clipped, labels=[0, 1])) if len(y_true) else None,
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
+    }
+
+
+def gender_columns(female_probability: np.ndarray) -> dict[str, np.ndarray]:
+    female_probability = np.asarray(female_probability, dtype=np.float64)
+    return {
+        "gender": np.where(female_probability >= 0.5, GENDERS[1], GENDERS[0]),
+        "female_probability": female_probability,
+    }
+
+
+def plot_confusion_matrix(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    matrix = np.asarray(report["confusion_matrix"])
+    figure, axis = plt.subplots(figsize=(4, 3.6))
+    axis.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        axis.text(column, row, f"{count}", ha="center", va="center", color=color, fontsize=12)
+    axis.set_xticks([0, 1], GENDERS)
+    axis.set_yticks([0, 1], GENDERS)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(f"Gender confusion matrix (accuracy {report['accuracy']:.3f})")
+    figure.tight_layout()
+    return figure
+
+
+def plot_roc_curve(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(4, 4))
+    if predictions["y_true"].nunique() == 2:
+        false_positive, true_positive, _ = skm.roc_curve(predictions["y_true"], predictions["y_pred"])
+        axis.plot(false_positive, true_positive, label=f"AUC {report['roc_auc']:.3f}")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axis.set_xlabel("false positive rate (male called female)")
+    axis.set_ylabel("true positive rate (female called female)")
+    axis.set_title("Gender ROC curve")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+GENDER = Task(
+    name="gender",
+    head=gender_head,
+    losses={"binary_crossentropy": lambda: "binary_crossentropy"},
+    metrics=gender_metrics,
+    scores=gender_scores,
+    headline="accuracy",
+    higher_is_better=True,
+    columns=gender_columns,
+    plots={"confusion_matrix": plot_confusion_matrix, "roc_curve": plot_roc_curve},
+    describe_prediction=lambda true, predicted: f"true {GENDERS[int(true)]}\nP(female) {predicted:.2f}",
+)
+
+
+# ---- age -------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="face_pipeline")
+class AgeDistributionLoss(keras.losses.Loss):
+    """Kullback-Leibler divergence from a Gaussian around the true age to the predicted bins.
+
+    Label distribution learning (DLDL-v2, Gao et al. 2018): the target is not one age but a
+    narrow distribution over neighbouring ages, which suits labels that are themselves
+    uncertain by a few years. ``y_true`` holds ages in years, ``y_pred`` probabilities per bin.
+    """
+
+    def __init__(self, sigma: float = 2.0, name: str = "age_distribution", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.sigma = float(sigma)
+
+    def call(self, y_true, y_pred):
+        bins = ops.convert_to_tensor(AGE_BINS)
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, 1))
+        target = ops.softmax(-0.5 * ops.square((bins - y_true) / self.sigma), axis=-1)
+        eps = keras.config.epsilon()
+        return ops.sum(target * (ops.log(target + eps) - ops.log(y_pred + eps)), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "sigma": self.sigma}
+
+
+def age_head(features, loss: str | None = None, mean: float = 33.0, std: float = 20.0):
+    """Age in years; with the "distribution" loss also the probabilities per year it is the expectation of."""
+    if loss == "distribution":
+        # Probabilities per year of age, starting from a Gaussian prior around the training
+        # mean; the prediction in years is their expectation (a fixed dense layer).
+        prior = -0.5 * ((AGE_BINS - mean) / std) ** 2
+        probabilities = layers.Dense(
+            len(AGE_BINS),
+            activation="softmax",
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(prior - prior.max()),
+            dtype="float32",
+            name="age_distribution",
+        )(features)
+        age = layers.Dense(
+            1,
+            use_bias=False,
+            trainable=False,
+            kernel_initializer=keras.initializers.Constant(AGE_BINS.reshape(-1, 1)),
+            dtype="float32",
+            name="age",
+        )(probabilities)
+        return {"age": age, "age_distribution": probabilities}
+    # The dense layer predicts a standardised age; a fixed affine layer turns it into years.
+    # Without it the weights must first grow ~20x to span real ages, which stalls training.
+    standardised = layers.Dense(1, dtype="float32", name="age_standardised")(features)
+    return layers.Rescaling(scale=std, offset=mean, dtype="float32", name="age")(standardised)
+
+
+def age_metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
+
+
+def age_label_stats(ages: np.ndarray) -> dict[str, float]:
+    ages = np.asarray(ages, dtype=np.float64)
+    return {"mean": float(ages.mean()), "std": float(ages.std()) or 1.0}
+
+
+def age_scores(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float = 5.0) -> dict[str, Any]:
+    """Regression scores in years; ``cs_at_5`` is the share within ``tolerance`` years."""
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    names = ("mae", "rmse", "median_ae", "cs_at_5", "pearson_r", "mean_signed_error")
+    if not len(y_true):
+        return {"count": 0, **dict.fromkeys(names)}
+    error = y_pred - y_true
+    varied = y_true.std() > 0 and y_pred.std() > 0
+    return {
+        "count": len(y_true),
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error**2).mean())),
+        "median_ae": float(np.median(np.abs(error))),
+        "cs_at_5": float((np.abs(error) <= tolerance).mean()),
+        "pearson_r": float(np.corrcoef(y_true, y_pred)[0, 1]) if varied else None,
+        "mean_signed_error": float(error.mean()),
+    }
+
+
+def plot_predicted_vs_true(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.scatter(predictions["y_true"], predictions["y_pred"], s=4, alpha=0.3)
+    top = max(predictions["y_true"].max(), predictions["y_pred"].max(), 1) * 1.05
+    axis.plot([0, top], [0, top], linestyle="--", color="grey")
+    axis.set_xlim(0, top)
+    axis.set_ylim(0, top)
+    axis.set_xlabel("true age (years)")
+    axis.set_ylabel("predicted age (years)")
+    axis.set_title(f"Age: MAE {report['mae']:.2f} years")
+    figure.tight_layout()
+    return figure
+
+
+AGE = Task(
+    name="age",
+    head=age_head,
+    losses={
+        "mae": lambda: "mae",
+        "huber": lambda: keras.losses.Huber(delta=5.0),
+        # DLDL-v2: the divergence shapes the distribution, MAE on its expectation sharpens it.
+        "distribution": lambda: {"age": "mae", "age_distribution": AgeDistributionLoss()},
+    },
+    metrics=age_metrics,
+    scores=age_scores,
+    headline="mae",
+    higher_is_better=False,
+    columns=lambda years: {"age": np.round(np.clip(np.asarray(years, dtype=np.float64), 0, None), 1)},
+    label_stats=age_label_stats,
+    plots={"predicted_vs_true": plot_predicted_vs_true},
+    describe_prediction=lambda true, predicted: f"true {true:.0f}, predicted {predicted:.0f}",
+)
+
+
+_REGISTRY: dict[str, Task] = {task.name: task for task in (GENDER, AGE)}
+TASKS = MappingProxyType(_REGISTRY)  # every known task by name, read-only
+
+
+def get_task(name: str) -> Task:
+    """The task named ``name``, with an error listing the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"task must be one of {sorted(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def register(task: Task) -> Task:
+    """Make ``task`` known by its name (a plugin's or a test's own task); returns it."""
+    _REGISTRY[task.name] = task
+    return task
+
+
+def unregister(name: str) -> None:
+    """Forget the task ``name`` (one ``register`` added)."""
+    _REGISTRY.pop(name, None)

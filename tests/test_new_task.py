@@ -1,0 +1,84 @@
+"""A new task is its parameter file plus one ``Task``: built, trained, evaluated and predicted here.
+
+The toy task "adult" (age 18 or more, from the manifest's age column) exists only in this test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import copy_project
+from fake_faces import write_utkface_folder
+
+from face_pipeline.predict import predict_in_batches
+from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, gender_scores, register, unregister
+
+
+def adult_head(features, loss=None):
+    import keras  # noqa: PLC0415
+
+    return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="adult")(features)
+
+
+ADULT = Task(
+    name="adult",
+    head=adult_head,
+    losses={"binary_crossentropy": lambda: "binary_crossentropy"},
+    metrics=gender_metrics,
+    scores=gender_scores,
+    headline="accuracy",
+    higher_is_better=True,
+    columns=lambda probability: {"adult": np.asarray(probability) >= 0.5},
+    label=lambda labels: labels["age"] >= 18,
+)
+
+
+@pytest.fixture
+def adult_task():
+    register(ADULT)
+    yield ADULT
+    unregister("adult")
+    assert set(TASKS) == {"gender", "age"}
+
+
+def test_a_third_task_trains_evaluates_and_predicts(adult_task, tmp_path, monkeypatch):
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    project = copy_project(tmp_path / "project")
+    faces = tmp_path / "faces"
+    write_utkface_folder(faces, 48, size=64)
+    # The task's parameter file: the gender one's layout, a tiny network, one epoch.
+    params = yaml.safe_load((project / "conf/base/parameters_train_gender.yml").read_text())["gender"]
+    params["task"]["target"] = "adult"
+    params["model"]["default_cnn"].update(stem_filters=4, filters=[8], downsample=1)
+    params["training"].update(epochs=1, time_budget_minutes=None, backup_dir=str(tmp_path / "backup"))
+    (project / "conf/local/parameters_train_adult.yml").write_text(yaml.safe_dump({"adult": params}))
+    monkeypatch.setenv("FACE_DATA_DIR", str(faces))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.chdir(project)
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project) as session:
+        session.run(pipeline_names=["train_adult"])
+
+    metrics = json.loads((project / "data/08_reporting/adult_metrics.json").read_text())
+    assert metrics["task"] == "adult" and 0 <= metrics["accuracy"] <= 1
+    predictions = pd.read_parquet(project / "data/07_model_output/adult_test_predictions.parquet")
+    np.testing.assert_array_equal(predictions["y_true"], (predictions["age"] >= 18).astype(float))
+    assert (project / "data/08_reporting/adult_confusion_matrix.png").exists() is False  # gender's plots only
+    assert (project / "data/08_reporting/adult_worst_faces.png").exists()
+    decisions = json.loads((project / "data/08_reporting/adult_training_decisions.json").read_text())
+    assert decisions["epochs_run"] == 1
+
+    import keras  # noqa: PLC0415
+
+    model = keras.saving.load_model(next((project / "data/06_models/adult_model.keras").rglob("*.keras")))
+    test_images = np.load(project / "data/05_model_input/test_images.npy")
+    columns = ADULT.columns(predict_in_batches(model, test_images, batch_size=8))
+    assert columns["adult"].shape == (len(test_images),) and columns["adult"].dtype == bool
+    assert GENDER.name in TASKS  # the built-in tasks are untouched

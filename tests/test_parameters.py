@@ -1,0 +1,88 @@
+"""Every parameter block is checked before a run: a misspelt key names itself, its block and its file."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import PROJECT_ROOT
+from kedro.config import OmegaConfigLoader
+
+from face_pipeline.config import ConfigError, parameter_files
+from face_pipeline.parameters import IngestionSettings, PredictSettings, PreprocessingSettings, check_parameters
+
+
+@pytest.fixture(scope="module")
+def parameters() -> dict:
+    """The project's own parameters, as Kedro merges them (base environment)."""
+    from face_pipeline.settings import CONFIG_LOADER_ARGS  # noqa: PLC0415
+
+    return OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)["parameters"]
+
+
+def misspelt(parameters: dict, path: str, value=1) -> dict:
+    """``parameters`` with one more key at ``path`` (``gender.training.early_stoping_patience``)."""
+    changed = copy.deepcopy(parameters)
+    *blocks, key = path.split(".")
+    target = changed
+    for block in blocks:
+        target = target[block]
+    target[key] = value
+    return changed
+
+
+def test_the_project_parameters_pass(parameters):
+    check_parameters(parameters)
+    settings = IngestionSettings.from_params(parameters["ingestion"])
+    assert settings.split.fractions["train"] == 0.8 and settings.labels.source == "filename"
+    assert PreprocessingSettings.from_params(parameters["preprocessing"]).image.size == 128
+    assert PredictSettings.from_params(parameters["predict"]).detection.mode == "auto"
+
+
+@pytest.mark.parametrize(
+    ("path", "block", "file"),
+    [
+        ("gender.training.early_stoping_patience", "gender.training", "parameters_train_gender.yml"),
+        ("age.model.default_cnn.filter", "age.model.default_cnn", "parameters_train_age.yml"),
+        ("ingestion.split.sed", "ingestion.split", "parameters_ingestion.yml"),
+        ("ingestion.labels.manifest", "ingestion.labels", "parameters_ingestion.yml"),
+        ("preprocessing.image.colour_mode", "preprocessing.image", "parameters_preprocessing.yml"),
+        ("predict.detection.min_scor", "predict.detection", "parameters_predict.yml"),
+        ("predict.detection.chip.sise", "predict.detection.chip", "parameters_predict.yml"),
+        ("evaluation.min_group", "evaluation", "parameters_evaluation.yml"),
+        ("external_preprocessing.worker", "external_preprocessing", "parameters_evaluation.yml"),
+        ("finetuning.learningrate", "finetuning", "parameters_finetuning.yml"),
+        ("registry.names.gendr", "registry.names", "parameters_predict.yml"),
+    ],
+)
+def test_a_misspelt_key_names_itself_its_block_and_its_file(parameters, path, block, file):
+    key = path.rsplit(".", 1)[1]
+    with pytest.raises(ConfigError) as error:
+        check_parameters(misspelt(parameters, path))
+    message = str(error.value)
+    assert f"'{key}' in parameters '{block}'" in message
+    assert f"conf/base/{file}" in message
+
+
+def test_an_unknown_block_or_wrong_choice_is_refused(parameters):
+    with pytest.raises(ConfigError, match=r"'gendr' in parameters '\(top level\)'"):
+        check_parameters({**parameters, "gendr": {"training": {"epochs": 3}}})
+    with pytest.raises(ConfigError, match=r"ingestion\.labels\.source must be one of filename, manifest"):
+        check_parameters(misspelt(parameters, "ingestion.labels.source", "csv"))
+    with pytest.raises(ConfigError, match=r"predict\.detection\.mode must be one of"):
+        check_parameters(misspelt(parameters, "predict.detection.mode", "sometimes"))
+    with pytest.raises(ConfigError, match=r"gender.task.target must be 'gender'"):
+        check_parameters(misspelt(parameters, "gender.task.target", "age"))
+
+
+def test_keys_only_set_on_the_command_line_are_known(parameters):
+    # `--params=predict.input_path=...` is read by the catalog; the predict block accepts it.
+    check_parameters(misspelt(parameters, "predict.input_path", "photos/"))
+
+
+def test_parameter_files_are_found_by_their_top_level_key():
+    assert parameter_files("gender.training", PROJECT_ROOT / "conf") == [
+        str(PROJECT_ROOT / "conf/base/parameters_train_gender.yml"),
+        str(PROJECT_ROOT / "conf/seed/parameters_train_gender.yml"),
+    ]
+    assert parameter_files("nothing", PROJECT_ROOT / "conf") == []
