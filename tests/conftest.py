@@ -58,12 +58,14 @@ def use_small_networks(project: Path, epochs: int = 2) -> None:
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory) -> Path:
-    """A project after a whole `kedro run` on 48 generated faces with tiny networks (shared, ~40 s)."""
+    """A project after a whole `kedro run` (the CLI, as a user runs it) on 48 generated faces with tiny
+    networks; shared by every test that needs trained models or a tracked run (~40 s, once)."""
     root = copy_project(tmp_path_factory.mktemp("trained") / "project")
     faces = root.parent / "faces"
     write_utkface_folder(faces, 48, size=64)
     use_small_networks(root, epochs=1)
-    kedro(root, "run", env={"FACE_DATA_DIR": str(faces)})
+    output = kedro(root, "run", env={"FACE_DATA_DIR": str(faces)})
+    (root / "kedro_run.log").write_text(output)  # what `kedro run` printed, for the tests that read it
     return root
 
 
@@ -84,3 +86,25 @@ def kedro(project: Path, *args: str, env: dict[str, str] | None = None, timeout:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
+
+
+def run_in_process(
+    project: Path, pipeline: str, monkeypatch, env: dict[str, str] | None = None, params: dict | None = None
+) -> None:
+    """``kedro run --pipelines=<pipeline>`` in this process (a KedroSession): no CLI start-up, for
+    tests about what a pipeline writes rather than about the command."""
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    for name, value in {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", **(env or {})}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(project)
+    import mlflow  # noqa: PLC0415
+
+    bootstrap_project(project)
+    try:
+        with KedroSession.create(project_path=project, runtime_params=params) as session:
+            session.run(pipeline_names=[pipeline])
+    finally:
+        while mlflow.active_run() is not None:  # a run left open would take the next session's params
+            mlflow.end_run()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import copy_project
+from conftest import copy_project, run_in_process
 from fake_faces import write_utkface_folder
 
 from face_pipeline.predict import predict_in_batches
@@ -46,8 +46,6 @@ def adult_task():
 
 
 def test_a_third_task_trains_evaluates_and_predicts(adult_task, tmp_path, monkeypatch):
-    from kedro.framework.session import KedroSession  # noqa: PLC0415
-    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
     project = copy_project(tmp_path / "project")
     faces = tmp_path / "faces"
@@ -58,13 +56,7 @@ def test_a_third_task_trains_evaluates_and_predicts(adult_task, tmp_path, monkey
     params["model"]["default_cnn"].update(stem_filters=4, filters=[8], downsample=1)
     params["training"].update(epochs=1, time_budget_minutes=None, backup_dir=str(tmp_path / "backup"))
     (project / "conf/local/parameters_train_adult.yml").write_text(yaml.safe_dump({"adult": params}))
-    monkeypatch.setenv("FACE_DATA_DIR", str(faces))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    monkeypatch.chdir(project)
-
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
-        session.run(pipeline_names=["train_adult"])
+    run_in_process(project, "train_adult", monkeypatch, env={"FACE_DATA_DIR": str(faces)})
 
     metrics = json.loads((project / "data/08_reporting/adult_metrics.json").read_text())
     assert metrics["task"] == "adult" and 0 <= metrics["accuracy"] <= 1

@@ -14,20 +14,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
-from conftest import PROJECT_ROOT, kedro, use_small_networks
+from conftest import PROJECT_ROOT, kedro, run_in_process, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 
 from face_pipeline.pipeline_registry import register_pipelines
 
 
-def test_ingestion_then_preprocessing(project, tmp_path):
+def test_ingestion_then_preprocessing(project, tmp_path, monkeypatch):
     faces = tmp_path / "faces"
     labels = pd.DataFrame(write_utkface_folder(faces, 60, size=80))
     (faces / "7_0_0_20170101000000999.jpg.chip.jpg").write_bytes(truncated_jpeg())
     (faces / "not_a_utkface_name.png").write_bytes(encode(face_like(5, 50), "PNG"))
     env = {"FACE_DATA_DIR": str(faces)}
 
-    kedro(project, "run", "--pipelines=ingestion", env=env)
+    run_in_process(project, "ingestion", monkeypatch, env=env)
     manifest = pd.read_parquet(project / "data/03_primary/face_manifest.parquet")
     rejected = pd.read_csv(project / "data/08_reporting/rejected_images.csv")
     summary = json.loads((project / "data/08_reporting/data_summary.json").read_text())
@@ -36,7 +36,7 @@ def test_ingestion_then_preprocessing(project, tmp_path):
     assert summary["images"] == 60
     assert summary["rejected"] == 2
 
-    kedro(project, "run", "--pipelines=preprocessing", env=env)
+    run_in_process(project, "preprocessing", monkeypatch, env=env)
     model_input = project / "data/05_model_input"
     total = 0
     for split in ("train", "val", "test"):
@@ -51,58 +51,70 @@ def test_ingestion_then_preprocessing(project, tmp_path):
     assert pd.read_csv(project / "data/08_reporting/preprocessing_failures.csv").empty
 
 
-def test_train_gender_is_tracked_in_mlflow(project, tmp_path):
-    faces = tmp_path / "faces"
-    write_utkface_folder(faces, 48, size=64)
-    use_small_networks(project)
-    output = kedro(project, "run", "--pipelines=train_gender", env={"FACE_DATA_DIR": str(faces)})
-    # Not a terminal: one whole log line per epoch.
-    for epoch in (1, 2):
-        metrics = r"accuracy=\S+ auc=\S+ loss=\S+ val_accuracy=\S+ val_auc=\S+ val_loss=\S+"
-        assert re.search(rf"INFO +epoch {epoch}: {metrics} \(\d+ s\)", output), output[-3000:]
-
+def whole_run(project: Path):
+    """The MLflow run of the project's whole `kedro run`."""
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["face_pipeline"], output_format="list")
-    assert len(runs) == 1
-    run = runs[0]
+    name = "attributes.run_name = '__default__'"
+    [run] = mlflow.search_runs(experiment_names=["face_pipeline"], filter_string=name, output_format="list")
+    return run
+
+
+def test_a_whole_run_is_tracked_in_mlflow(trained_project):
+    output = (trained_project / "kedro_run.log").read_text()
+    # Not a terminal: one whole log line per epoch.
+    metrics = {
+        "gender": r"accuracy=\S+ auc=\S+ loss=\S+ val_accuracy=\S+ val_auc=\S+ val_loss=\S+",
+        "age": r"age_distribution_loss=\S+ .*\bmae=\S+ .*val_mae=\S+",
+    }
+    for task, pattern in metrics.items():
+        assert re.search(rf"INFO +epoch 1: {pattern}", output), (task, output[-3000:])
+
+    run = whole_run(trained_project)
     params, tags = run.data.params, run.data.tags
     assert params["gender.model.architecture"] == "default_cnn"
-    assert params["gender.training.epochs"] == "2"
+    assert params["gender.training.epochs"] == "1"
     assert params["preprocessing.image.size"] == "128"
     assert len(tags["data.manifest_sha1"]) == 40
     assert tags["data.images"] == "48"
+    # What each training decided at run time, beside the configured parameters.
+    for task in ("gender", "age"):
+        decided = json.loads((trained_project / f"data/08_reporting/{task}_training_decisions.json").read_text())
+        assert params[f"{task}.decided.epochs_run"] == "1" == str(decided["epochs_run"])
+        assert params[f"{task}.decided.precision"] == decided["precision"]
+        assert params[f"{task}.decided.train_data_sha1"] == decided["train_data_sha1"]
 
     client = mlflow.MlflowClient()
-    for metric in ("gender.loss", "gender.val_loss", "gender.val_accuracy", "gender.val_auc", "gender.epoch_seconds"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
-    assert {"gender.test_accuracy", "gender.test_roc_auc", "gender.test_log_loss", "gender.test_f1"} <= set(
-        run.data.metrics
-    )
+    for metric in ("gender.loss", "gender.val_loss", "gender.val_accuracy", "gender.val_auc", "age.val_mae"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1], metric
+    expected = {"gender.test_accuracy", "gender.test_roc_auc", "gender.test_log_loss", "age.test_mae"}
+    assert expected <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gender_training_curves.png", "gender_metrics.json", "gender_confusion_matrix.png"} <= artifacts
-    assert (project / "data/08_reporting/gender_training_curves.png").stat().st_size > 1000
+    assert "age_predicted_vs_true.png" in artifacts
+    assert (trained_project / "data/08_reporting/gender_training_curves.png").stat().st_size > 1000
 
-    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert logged.source_run_id == run.info.run_id
-    model = mlflow.keras.load_model(logged.model_uri)
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    [gender] = [model for model in logged if model.name == "gender_model"]
+    assert gender.source_run_id == run.info.run_id
+    model = mlflow.keras.load_model(gender.model_uri)
     probabilities = model.predict(np.zeros((3, 128, 128, 1), dtype=np.uint8), verbose=0)
     assert probabilities.shape == (3, 1)
-    assert mlflow.pyfunc.load_model(logged.model_uri).predict(np.zeros((1, 128, 128, 1), np.uint8)).shape == (1, 1)
+    assert mlflow.pyfunc.load_model(gender.model_uri).predict(np.zeros((1, 128, 128, 1), np.uint8)).shape == (1, 1)
     # Its requirements name the versions installed.
-    requirements = Path(mlflow.pyfunc.get_model_dependencies(logged.model_uri)).read_text().split()
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(gender.model_uri)).read_text().split()
     assert f"keras=={version('keras')}" in requirements and f"numpy=={version('numpy')}" in requirements
-    versions = list((project / "data/06_models/gender_model.keras").iterdir())
+    versions = list((trained_project / "data/06_models/gender_model.keras").iterdir())
     assert len(versions) == 1  # one versioned native Keras file per run
 
 
-def test_evaluate_saved_models_on_another_folder(trained_project, tmp_path):
+def test_evaluate_saved_models_on_another_folder(trained_project, tmp_path, monkeypatch):
     other = tmp_path / "other_faces"
     write_utkface_folder(other, 20, size=100, seed=9)
     (other / "broken.jpg").write_bytes(b"")
     reports = trained_project / "data/08_reporting"
     training_reports = {p.name: p.stat().st_mtime for p in reports.iterdir()}
 
-    kedro(trained_project, "run", "--pipelines=evaluate_folder", env={"EVAL_DATA_DIR": str(other)})
+    run_in_process(trained_project, "evaluate_folder", monkeypatch, env={"EVAL_DATA_DIR": str(other)})
     for task, metric in (("gender", "accuracy"), ("age", "mae")):
         report = json.loads((reports / f"external_{task}_metrics.json").read_text())
         assert report["images"] == 20
@@ -203,7 +215,7 @@ def test_environments_and_params_change_single_keys(project):
     assert not seed["age"]["model"]["mirror_average"] and not seed["gender"]["model"]["mirror_average"]
 
 
-def test_finetune_on_another_population(trained_project, tmp_path):
+def test_finetune_on_another_population(trained_project, tmp_path, monkeypatch):
     folder = tmp_path / "new_population"
     folder.mkdir()
     rows = []
@@ -212,18 +224,11 @@ def test_finetune_on_another_population(trained_project, tmp_path):
         (folder / name).write_bytes(encode(face_like(100 + index, 90), "PNG"))
         rows.append({"file": name, "age": 20 + index, "gender": "female" if index % 2 else "male"})
     pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
-    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
-    whole_run = "attributes.run_name = '__default__'"
-    [training] = mlflow.search_runs(experiment_names=["face_pipeline"], filter_string=whole_run, output_format="list")
+    training = whole_run(trained_project)
     base = f"runs:/{training.info.run_id}/gender_model"
 
-    kedro(
-        trained_project,
-        "run",
-        "--pipelines=finetune",
-        f"--params=finetuning.epochs=2,finetuning.base_models.gender={base}",
-        env={"FINETUNE_DATA_DIR": str(folder)},
-    )
+    params = {"finetuning": {"epochs": 2, "base_models": {"gender": base}}}
+    run_in_process(trained_project, "finetune", monkeypatch, env={"FINETUNE_DATA_DIR": str(folder)}, params=params)
     reports = trained_project / "data/08_reporting"
     splits = {
         split: pd.read_parquet(trained_project / f"data/05_model_input/finetune_{split}_labels.parquet")
