@@ -215,7 +215,7 @@ def age_metrics() -> list[keras.metrics.Metric]:
 
 
 def age_label_stats(ages: np.ndarray) -> dict[str, float]:
-    ages = np.asarray(ages, dtype=np.float64)
+    ages = np.asarray(ages, dtype=np.float32)
     return {"mean": float(ages.mean()), "std": float(ages.std()) or 1.0}
 
 

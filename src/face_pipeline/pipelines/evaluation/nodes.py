@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from face_pipeline.parameters import EvaluationSettings
 from face_pipeline.pipelines.ingestion.nodes import GENDERS, RACES, age_bands
 from face_pipeline.predict import predict_in_batches
 from face_pipeline.tasks import age_scores, gender_scores, get_task
@@ -54,7 +55,7 @@ def with_groups(predictions: pd.DataFrame, age_band_edges: Sequence[int]) -> pd.
 
 def breakdown(predictions: pd.DataFrame, task: dict[str, Any], evaluation: dict[str, Any]) -> pd.DataFrame:
     """Scores per age band, gender and race: one row per group."""
-    grouped = with_groups(predictions, evaluation["age_bands"])
+    grouped = with_groups(predictions, EvaluationSettings.from_params(evaluation).age_bands)
     rows = []
     for grouping in GROUPINGS:
         for group, members in grouped.groupby(grouping, sort=True):
@@ -95,7 +96,7 @@ def evaluate(predictions: pd.DataFrame, groups: pd.DataFrame, task: dict[str, An
         "task": task["target"],
         "images": len(predictions),
         **overall,
-        "largest_group_gap": fairness_gaps(groups, task, evaluation["min_group_size"]),
+        "largest_group_gap": fairness_gaps(groups, task, EvaluationSettings.from_params(evaluation).min_group_size),
     }
     logger.info(
         "%s on %d test images: %s",
