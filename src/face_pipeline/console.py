@@ -1,4 +1,4 @@
-"""The ``face-pipeline`` command: ``face-pipeline predict PHOTO...``.
+"""The ``face-pipeline`` command: ``face-pipeline predict PHOTO...``, ``face-pipeline train``.
 
 (Not named ``cli.py``: Kedro would load a module of that name as the project's own ``kedro``
 commands.)"""
@@ -100,4 +100,7 @@ def _print_rows(table) -> None:
 
 
 def main() -> None:
+    from face_pipeline.train_command import train  # noqa: PLC0415
+
+    cli.add_command(train)
     cli()

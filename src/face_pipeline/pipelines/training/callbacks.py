@@ -8,6 +8,8 @@ import time
 import keras
 import numpy as np
 
+from face_pipeline.distribute import agree
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,12 +52,14 @@ class TimeLimit(keras.callbacks.Callback):
     """Stops training before an epoch that would end more than ``seconds`` after training began.
 
     Judged by the longest epoch so far; a guard behind the planned epochs of
-    ``training.time_budget_minutes``, for machines that slow down during a run.
+    ``training.time_budget_minutes``, for machines that slow down during a run. Under a
+    ``strategy`` with several workers they stop together, when the first of them would overrun.
     """
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, strategy=None):
         super().__init__()
         self.seconds = float(seconds)
+        self.strategy = strategy
 
     def on_train_begin(self, logs=None):
         self._started, self._longest = time.perf_counter(), 0.0
@@ -66,7 +70,10 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         self._longest = max(self._longest, now - self._epoch_started)
-        if not self.model.stop_training and now - self._started + self._longest > self.seconds:
+        overrun = now - self._started + self._longest > self.seconds
+        if self.strategy is not None:
+            overrun = agree(float(overrun), self.strategy) > 0
+        if not self.model.stop_training and overrun:
             self.model.stop_training = True
             logger.warning(
                 "Stopping after epoch %d: another epoch (up to %.0f s) would overrun the time budget of %.0f min",

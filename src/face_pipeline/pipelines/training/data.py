@@ -25,12 +25,18 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     autotune: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Batches of ``(uint8 images, float32 targets)`` read from a (memory-mapped) array.
 
     ``targets`` is one array, or a dict of arrays (one per model output), batched alike.
     Only the indices are shuffled; each batch is gathered from ``images`` in index order
     (good for memory-mapped files) and stays uint8, so the set is never held as float32.
+
+    ``shard=(worker, workers)``: this worker's share of every batch of ``batch_size`` (the
+    global batch). Every worker draws the same shuffled order (same seed) and takes rows
+    ``worker, worker + workers, ...`` of each batch, so the workers read distinct rows, take
+    the same number of steps, and together see exactly the batches one process would.
     """
     names = list(targets) if isinstance(targets, dict) else None
     columns = np.stack([targets[name] for name in names], axis=1) if names else np.asarray(targets)[:, None]
@@ -38,9 +44,10 @@ def make_dataset(
     if len(images) != len(columns):
         raise ValueError(f"{len(images)} images but {len(columns)} labels")
     image_shape = tuple(images.shape[1:])
+    worker, workers = shard
 
     def gather(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        indices = np.sort(indices)
+        indices = np.sort(indices[worker::workers])
         return np.asarray(images[indices]), columns[indices]
 
     def unpack(x, y):
@@ -60,4 +67,16 @@ def make_dataset(
     # whole epochs up to 1.7x slower at random. Without it AUTOTUNE means one call per core.
     options = tf.data.Options()
     options.autotune.enabled = autotune
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.map(unpack).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def distribute(dataset_for_shard, strategy, workers: int, worker: int) -> tf.data.Dataset:
+    """``dataset_for_shard((worker, workers))`` as the strategy's input: each worker feeds its own share.
+
+    With one worker (or one process with several GPUs) the dataset is returned as it is and the
+    strategy splits each batch itself.
+    """
+    if workers <= 1:
+        return dataset_for_shard((0, 1))
+    return strategy.distribute_datasets_from_function(lambda context: dataset_for_shard((worker, workers)))

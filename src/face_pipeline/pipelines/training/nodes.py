@@ -12,6 +12,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -21,6 +22,7 @@ import pandas as pd
 import tensorflow as tf
 
 from face_pipeline.config import check_keys
+from face_pipeline.distribute import Cluster, agree, cluster_from_environment, strategy_name, training_strategy
 from face_pipeline.models import ModelSettings, build_model, compile_model, inference_model, resolve_precision
 from face_pipeline.tasks import get_task
 
@@ -28,7 +30,7 @@ from .backup import backup_path, data_fingerprint, forget_plan, keep_plan, saved
 from .batch_norm import finish_weights
 from .budget import Plan, measure_step_seconds, plan_in_budget
 from .callbacks import EarlyStoppingKeepingLast, EpochLog, TimeLimit, metric_name
-from .data import make_dataset, model_targets
+from .data import distribute, make_dataset, model_targets
 from .settings import TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ def learning_rate_schedule(
     return keras.optimizers.schedules.CosineDecay(rate, total, alpha=0.01)
 
 
-def training_callbacks(training: TrainingSettings, target: str, backup) -> list[keras.callbacks.Callback]:
+def training_callbacks(
+    training: TrainingSettings, target: str, backup, strategy=None
+) -> list[keras.callbacks.Callback]:
     """Epoch log, backup, early stopping and the plateau schedule on ``val_loss``, the time limit."""
     callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
     if backup is not None:
@@ -96,7 +100,7 @@ def training_callbacks(training: TrainingSettings, target: str, backup) -> list[
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.3, patience=2, min_lr=1e-5)
         )
     if training.time_budget_minutes:
-        callbacks.append(TimeLimit(float(training.time_budget_minutes) * 60))
+        callbacks.append(TimeLimit(float(training.time_budget_minutes) * 60, strategy))
     return callbacks
 
 
@@ -126,17 +130,37 @@ def _batches(
     target: str,
     settings: TrainingSettings,
     shuffle: bool,
+    strategy=None,
+    cluster: Cluster | None = None,
 ) -> tf.data.Dataset:
+    """The batches of ``images``; on several workers, this worker's share of each (see ``make_dataset``)."""
     targets = model_targets(network, labels, target)
-    return make_dataset(images, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed)
+    cluster = cluster or Cluster()
+
+    def for_shard(shard: tuple[int, int]) -> tf.data.Dataset:
+        return make_dataset(images, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed, shard=shard)
+
+    return distribute(for_shard, strategy, cluster.workers, cluster.index)
 
 
-def _runtime() -> dict[str, Any]:
-    """Where the run trained: TensorFlow's threads per op and the distribution strategy."""
+def _runtime(strategy, cluster: Cluster) -> dict[str, Any]:
+    """Where the run trained: TensorFlow's threads per op, the distribution strategy, the workers."""
     return {
         "threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
-        "distribution_strategy": type(tf.distribute.get_strategy()).__name__,
+        "distribution_strategy": strategy_name(strategy),
+        "workers": cluster.workers,
+        "replicas": strategy.num_replicas_in_sync,
     }
+
+
+def _backup_folder(
+    settings: TrainingSettings, model: dict[str, Any], fingerprint: str, cluster: Cluster
+) -> Path | None:
+    """The run's backup folder (``backup_path``), one per worker: Keras callbacks know no chief."""
+    if not settings.backup_dir:
+        return None
+    backup = backup_path(settings.backup_dir, {"model": model, "training": settings.resume_key()}, fingerprint)
+    return backup / f"worker-{cluster.index}" if cluster.distributed else backup
 
 
 def _plan_run(
@@ -202,17 +226,16 @@ def train_model(
         network = build_model(model_settings.architecture, input_shape, target, precision=precision, **arguments)
         return compile_model(network, target, learning_rate, model_settings.loss)
 
+    cluster = cluster_from_environment()
+    strategy = training_strategy(cluster)
     fingerprint = data_fingerprint(train_images, train_labels)
-    backup = (
-        backup_path(settings.backup_dir, {"model": model, "training": settings.resume_key()}, fingerprint)
-        if settings.backup_dir
-        else None
-    )
+    backup = _backup_folder(settings, model, fingerprint, cluster)
 
     def epoch_seconds(downsample: float) -> float:
         probe = build(float(settings.learning_rate), **({"downsample": downsample} if auto_downsample else {}))
         batch = settings.batch_size
-        return _probe_epoch_seconds(probe, train_images, train_labels, target, batch, len(val_images))
+        seconds = _probe_epoch_seconds(probe, train_images, train_labels, target, batch, len(val_images))
+        return agree(seconds, strategy)  # every worker plans with the slowest one's time
 
     plan = _plan_run(settings, backup, epoch_seconds, auto_downsample)
     if auto_downsample:
@@ -221,35 +244,38 @@ def train_model(
 
     steps_per_epoch = -(-len(train_images) // settings.batch_size)
     learning_rate = learning_rate_schedule(settings, steps_per_epoch)
-    network = build(learning_rate)
-    train_data = _batches(network, train_images, train_labels, target, settings, shuffle=True)
-    val_data = _batches(network, val_images, val_labels, target, settings, shuffle=False)
-    callbacks = training_callbacks(settings, target, backup)
+    with strategy.scope():
+        network = build(learning_rate)
+    train_data = _batches(network, train_images, train_labels, target, settings, True, strategy, cluster)
+    callbacks = training_callbacks(settings, target, backup, strategy)
     resumed = backup is not None and backup.exists()
     logger.info(
-        "Training %s (%s, %s parameters, %s) on %d images, validating on %d",
+        "Training %s (%s, %s parameters, %s, %s) on %d images, validating on %d",
         network.name,
         model_settings.architecture,
         f"{network.count_params():,}",
         precision,
+        f"worker {cluster.index + 1} of {cluster.workers}" if cluster.distributed else strategy_name(strategy),
         len(train_images),
         len(val_images),
     )
     history = network.fit(
         train_data,
-        validation_data=val_data,
+        validation_data=_batches(network, val_images, val_labels, target, settings, False, strategy, cluster),
         epochs=settings.epochs,
         callbacks=callbacks,
         shuffle=False,  # train_data reshuffles itself every epoch
         verbose=1 if sys.stdout.isatty() else 0,  # progress bar on a terminal, EpochLog lines otherwise
     )
     forget_plan(backup)
-    if precision != "float32":
-        # Served in float32: the same network with the trained weights (variables are float32
-        # already), so predictions do not depend on 16-bit support where the model runs.
+    if precision != "float32" or strategy.num_replicas_in_sync > 1:
+        # Served in float32 and outside the strategy: the same network with the trained weights
+        # (variables are float32 already), so predictions do not depend on 16-bit support or on
+        # the other workers. Everything after this runs on each worker alone, alike.
         trained_weights = network.get_weights()
         network = build(learning_rate, precision="float32")
         network.set_weights(trained_weights)
+    val_data = _batches(network, val_images, val_labels, target, settings, False)
     epoch_log = callbacks[0]
     stopping = next((c for c in callbacks if isinstance(c, EarlyStoppingKeepingLast)), None)
     epochs_run = (epoch_log.last_epoch or 0) + 1
@@ -259,7 +285,7 @@ def train_model(
     served = inference_model(network, target, bool(model_settings.mirror_average))
     decisions = {
         "precision": precision,
-        **_runtime(),
+        **_runtime(strategy, cluster),
         "planned_epochs": plan.epochs,
         "plan": plan.source,
         "downsample": plan.downsample if auto_downsample else options.get("downsample", 1),

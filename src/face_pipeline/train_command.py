@@ -1,0 +1,78 @@
+"""``face-pipeline train``: the training pipelines on one worker of a cluster, or on N local workers.
+
+Every worker runs this same command (as a TFJob's pods do). Worker 0, the chief, runs the
+``train_<task>`` pipeline's training, evaluation and reports through Kedro, so it alone logs to
+MLflow and saves the model; the other workers load the same model-input arrays and parameters
+and run the training node only. The arrays must exist already (``kedro run
+--pipelines=preprocessing``): on several machines, on storage they all read (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from face_pipeline.distribute import Cluster, cluster_from_environment, launch_local_workers
+
+MODEL_INPUTS = ("train_images", "train_labels", "val_images", "val_labels")
+
+
+def _training_nodes(task: str) -> list[str]:
+    """The nodes of ``train_<task>`` after preprocessing: training, evaluation, reports, settings."""
+    from kedro.framework.project import pipelines  # noqa: PLC0415
+
+    preparation = set(pipelines["preprocessing"].nodes)
+    return [node.name for node in pipelines[f"train_{task}"].nodes if node not in preparation]
+
+
+def train_on_this_worker(task: str, env: str | None, cluster: Cluster, project: Path) -> None:
+    """The chief runs ``train_<task>`` (less preprocessing) through Kedro; another worker trains only."""
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env) as session:
+        context = session.load_context()
+        missing = [name for name in MODEL_INPUTS if not context.catalog.exists(name)]
+        if missing:
+            raise click.ClickException(
+                f"the model-input arrays are missing ({', '.join(missing)}): "
+                "run `kedro run --pipelines=preprocessing` first"
+            )
+        if cluster.is_chief:
+            session.run(pipeline_names=[f"train_{task}"], node_names=_training_nodes(task))
+            return
+        from face_pipeline.pipelines.training.nodes import train_model  # noqa: PLC0415
+
+        params = context.params[task]
+        data = [context.catalog.load(name) for name in MODEL_INPUTS]
+        train_model(*data, params["task"], params["model"], params["training"])
+
+
+@click.command()
+@click.option(
+    "--task", "tasks", multiple=True, default=("gender", "age"), show_default=True, help="Task(s) to train, in turn."
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Start this many local workers (127.0.0.1); without it, run as the worker TF_CONFIG names.",
+)
+@click.option("--env", default=None, help="Kedro configuration environment, as for `kedro run --env`.")
+def train(tasks: tuple[str, ...], workers: int, env: str | None) -> None:
+    """Train the task networks with tf.distribute: on every worker TF_CONFIG describes, or on N local ones."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if workers > 1 and "TF_CONFIG" not in os.environ:
+        command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "train"]
+        command += [f"--task={task}" for task in tasks] + ([f"--env={env}"] if env else [])
+        codes = launch_local_workers(workers, command)
+        click.echo(f"workers exited with {codes}")
+        sys.exit(max(codes))
+    cluster = cluster_from_environment()
+    for task in tasks:
+        train_on_this_worker(task, env, cluster, Path.cwd())

@@ -1,0 +1,133 @@
+"""Training on several workers with MultiWorkerMirroredStrategy, on this machine (127.0.0.1).
+
+TensorFlow's gRPC server listens on every interface whatever TF_CONFIG says, so the workers run
+inside ``unshare --net`` (loopback only) where the machine allows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from conftest import copy_project, run_in_process
+from fake_faces import write_utkface_folder
+
+from face_pipeline.distribute import Cluster, cluster_from_environment, keras_needs_patch, local_tf_configs
+from face_pipeline.pipelines.training.data import make_dataset
+
+HERE = Path(__file__).parent
+
+
+def loopback_only(command: list[str]) -> list[str]:
+    """``command`` inside a new network namespace with only loopback up, where unshare works."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "--net", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$@"', "sh", *command]
+    return command
+
+
+def run_workers(workers: int, command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=300):
+    launcher = [sys.executable, "-m", "face_pipeline.distribute", str(workers), *command]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(
+        loopback_only(launcher), cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def weights(folder: Path) -> list[np.ndarray]:
+    with np.load(folder / "weights.npz") as saved:
+        return [saved[name] for name in saved.files]
+
+
+def test_cluster_is_read_from_tf_config():
+    assert cluster_from_environment({}) == Cluster(1, 0)
+    configs = [json.loads(config) for config in local_tf_configs(2)]
+    assert [config["task"]["index"] for config in configs] == [0, 1]
+    assert all(address.startswith("127.0.0.1:") for address in configs[0]["cluster"]["worker"])
+    second = cluster_from_environment({"TF_CONFIG": json.dumps(configs[1])})
+    assert second == Cluster(2, 1) and not second.is_chief
+    # A TFJob's layout: a chief task and workers numbered after it.
+    tfjob = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 0}}
+    assert cluster_from_environment({"TF_CONFIG": json.dumps(tfjob)}) == Cluster(3, 1)
+    with pytest.raises(ValueError, match="TF_CONFIG is not a cluster description"):
+        cluster_from_environment({"TF_CONFIG": "{}"})
+
+
+def test_workers_read_distinct_rows_that_together_make_one_process_batches():
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
+    targets = np.arange(40, dtype=np.float32)
+
+    def batches(shard):
+        dataset = make_dataset(images, targets, 8, shuffle=True, seed=5, shard=shard)
+        return [sorted(y.numpy().astype(int)) for _, y in dataset]
+
+    alone, first, second = batches((0, 1)), batches((0, 2)), batches((1, 2))
+    assert len(first) == len(second) == len(alone) == 5  # every worker takes the same number of steps
+    for whole, part, other in zip(alone, first, second, strict=True):
+        assert not set(part) & set(other)
+        assert sorted(part + other) == whole
+
+
+def test_two_workers_train_the_same_network_as_one_process(tmp_path):
+    result = run_workers(2, [sys.executable, str(HERE / "distributed_worker.py"), str(tmp_path / "two")], HERE)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    alone = subprocess.run(
+        [sys.executable, str(HERE / "distributed_worker.py"), str(tmp_path / "one")],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert alone.returncode == 0
+    chief, worker, single = weights(tmp_path / "two/0"), weights(tmp_path / "two/1"), weights(tmp_path / "one/0")
+    for a, b, c in zip(chief, worker, single, strict=True):
+        np.testing.assert_array_equal(a, b)  # synchronous: the workers end identical
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)  # and as one process with the same global batch
+    run = json.loads((tmp_path / "two/0/run.json").read_text())
+    assert run["decisions"]["distribution_strategy"] == "MultiWorkerMirroredStrategy"
+    assert run["decisions"]["workers"] == 2
+    assert not np.allclose(chief[0], weights(tmp_path / "one/0")[0] * 0)  # it did train
+
+
+@pytest.mark.skipif(not keras_needs_patch(), reason="only the Keras versions the patch is for")
+def test_keras_without_the_patch_still_fails_under_multi_worker(tmp_path):
+    """When this fails, Keras fixed keras-team/keras#20585: remove patch_keras_for_multi_worker
+    for that version (distribute.KERAS_VERSIONS_NEEDING_PATCH)."""
+    command = [sys.executable, str(HERE / "distributed_worker.py"), str(tmp_path)]
+    result = run_workers(2, command, HERE, env={"FACE_PIPELINE_KERAS_PATCH": "0"})
+    assert result.returncode != 0
+    assert "PerReplica" in result.stderr or "Invalid reduction dimension" in result.stderr, result.stderr[-3000:]
+
+
+def test_face_pipeline_train_on_two_workers_tracks_one_run(tmp_path, monkeypatch):
+    project = copy_project(tmp_path / "project")
+    faces = tmp_path / "faces"
+    write_utkface_folder(faces, 48, size=64)
+    small = {
+        "model": {"default_cnn": {"stem_filters": 4, "filters": [8], "downsample": 1}, "mirror_average": False},
+        "training": {"epochs": 1, "time_budget_minutes": None, "batch_norm_recalibration": 0},
+    }
+    (project / "conf/local/parameters_train_gender.yml").write_text(yaml.safe_dump({"gender": small}))
+    run_in_process(project, "preprocessing", monkeypatch, env={"FACE_DATA_DIR": str(faces)})
+
+    command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "train", "--task=gender"]
+    environment = {"FACE_DATA_DIR": str(faces), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    result = run_workers(2, command, project, env=environment)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["face_pipeline"], output_format="list")
+    [run] = [run for run in runs if run.data.tags.get("pipeline_names") == "['train_gender']"]  # the chief's only
+    assert len(runs) == 2  # and the preprocessing run before it
+    assert run.data.params["gender.decided.workers"] == "2"
+    assert run.data.params["gender.decided.distribution_strategy"] == "MultiWorkerMirroredStrategy"
+    assert "gender.test_accuracy" in run.data.metrics
+    assert len(list((project / "data/06_models/gender_model.keras").iterdir())) == 1  # saved once, by the chief
