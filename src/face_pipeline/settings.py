@@ -7,6 +7,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook
+from face_pipeline.services import ServiceCheckHook
 from face_pipeline.serving import pinned_requirements
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
@@ -18,7 +19,8 @@ if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "250")
 
 # kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
-HOOKS = (MlflowTagsHook(),)
+# ServiceCheckHook stops a run at once, in one line, when a configured server does not answer.
+HOOKS = (ServiceCheckHook(), MlflowTagsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
