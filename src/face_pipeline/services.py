@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 from kedro.config import MissingConfigException
-from kedro.framework.cli.utils import KedroCliError
 from kedro.framework.hooks import hook_impl
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "tcp": 8786}
 
 
-class ServiceUnreachable(KedroCliError):
+class ServiceUnreachable(click.ClickException):
     """Shown by ``kedro run`` as one ``Error: ...`` line."""
 
 
@@ -53,15 +53,17 @@ def scheduler_addresses(params: dict[str, Any]) -> Iterator[str]:
 def configured_services(context: Any) -> list[tuple[str, str, str]]:
     """``(what, url, how to fix)`` for every remote service the run will use."""
     services = []
+    # kedro-mlflow adds this pattern in its own hook, which runs after this one.
+    context.config_loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
     with contextlib.suppress(MissingConfigException, KeyError):
         uri = str(context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"])
         if uri.startswith(("http://", "https://")):
-            services.append(("MLflow tracking server", uri, "check MLFLOW_TRACKING_URI"))
+            services.append(("MLflow tracking server", uri, "set MLFLOW_TRACKING_URI to a running one"))
     with contextlib.suppress(MissingConfigException):
         for endpoint in storage_endpoints(context.config_loader["credentials"]):
-            services.append(("object store", endpoint, "check AWS_ENDPOINT_URL"))
+            services.append(("object store", endpoint, "set AWS_ENDPOINT_URL to a running one"))
     for address in dict.fromkeys(scheduler_addresses(context.params)):
-        services.append(("Dask scheduler", address, "check DASK_SCHEDULER_ADDRESS"))
+        services.append(("Dask scheduler", address, "set DASK_SCHEDULER_ADDRESS to a running one"))
     return services
 
 
@@ -74,5 +76,5 @@ class ServiceCheckHook:
             reason = unreachable_reason(url)
             if reason:
                 raise ServiceUnreachable(
-                    f"Cannot reach the {what} at {url} ({reason}): start it ({fix}), then run again."
+                    f"Cannot reach the {what} at {url} ({reason}). Start it or {fix}, then run again."
                 )

@@ -29,6 +29,7 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 BUCKET = "face-pipeline"
+ARTIFACTS = f"s3://{BUCKET}/mlflow-artifacts"
 STATE_FILE = "stack.json"
 
 
@@ -181,9 +182,11 @@ def make_bucket(endpoint: str, key: str, secret: str, bucket: str) -> None:
             time.sleep(0.5)
 
 
-def start_mlflow(folder: Path, backend_uri: str, artifacts: str, storage_env: dict[str, str]) -> tuple[str, int]:
+def start_mlflow(
+    folder: Path, backend_uri: str, artifacts: str, storage_env: dict[str, str], port: int | None = None
+) -> tuple[str, int]:
     """The tracking server; artifacts go through it (``--serve-artifacts``) into ``artifacts``."""
-    port = free_port()
+    port = port or free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "server", "--backend-store-uri", backend_uri, "--serve-artifacts"]
     command += ["--artifacts-destination", artifacts, "--host", HOST, "--port", str(port), "--workers", "2"]
@@ -230,7 +233,7 @@ def up(folder: str | Path, dask_workers: int = 2) -> Stack:
         stack.save()
         make_bucket(endpoint, key, secret, BUCKET)
         storage = storage_environment(endpoint, key, secret)
-        uri, stack.pids["mlflow"] = start_mlflow(root, backend, f"s3://{BUCKET}/mlflow-artifacts", storage)
+        uri, stack.pids["mlflow"] = start_mlflow(root, backend, ARTIFACTS, storage)
         stack.save()
         stack.env = {**storage, "MLFLOW_TRACKING_URI": uri, "FACE_PIPELINE_BUCKET": BUCKET}
         if dask_workers:
