@@ -72,9 +72,10 @@ class ServiceCheckHook:
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
-        for what, url, fix in configured_services(context):
-            reason = unreachable_reason(url)
-            if reason:
-                raise ServiceUnreachable(
-                    f"Cannot reach the {what} at {url} ({reason}). Start it or {fix}, then run again."
-                )
+        problems = [
+            f"the {what} at {url} ({reason}): start it or {fix}"
+            for what, url, fix in configured_services(context)
+            if (reason := unreachable_reason(url))
+        ]
+        if problems:
+            raise ServiceUnreachable(f"Cannot reach {'; '.join(problems)}. Then run again.")

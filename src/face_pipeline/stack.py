@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ class Stack:
     folder: str
     env: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    postgres_data: str = ""
 
     def save(self) -> None:
         path = Path(self.folder) / STATE_FILE
@@ -112,24 +114,28 @@ def start_process(command: list[str], log: Path, env: dict[str, str] | None = No
         )
 
 
-def start_postgres(folder: Path) -> tuple[str, int]:
-    """A throw-away cluster in ``folder/postgres``: returns its SQLAlchemy URI and server pid."""
-    data = folder / "postgres"
-    data.mkdir(parents=True)
+def run_checked(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {(result.stdout + result.stderr).strip()[-2000:]}")
+
+
+def start_postgres() -> tuple[str, int, str]:
+    """A throw-away cluster in a new temporary folder (one the ``postgres`` user can reach when
+    we are root): its SQLAlchemy URI, server pid and data folder."""
+    data = Path(tempfile.mkdtemp(prefix="face-pipeline-postgres-"))
     if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
         shutil.chown(data, "postgres")
     port = free_port()
-    subprocess.run(
-        as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync"]),
-        check=True,
-        capture_output=True,
-    )
+    run_checked(as_postgres_user([postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync"]))
     options = f"-p {port} -k {data} -c listen_addresses={HOST} -c fsync=off"
-    pg_ctl = [postgres_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(data / "server.log"), "-o", options, "start"]
-    subprocess.run(as_postgres_user(pg_ctl), check=True, capture_output=True)
+    run_checked(
+        as_postgres_user(
+            [postgres_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(data / "server.log"), "-o", options, "start"]
+        )
+    )
     pid = int((data / "postmaster.pid").read_text().split()[0])
-    return f"postgresql+psycopg://mlflow@{HOST}:{port}/postgres", pid
+    return f"postgresql+psycopg://mlflow@{HOST}:{port}/postgres", pid, str(data)
 
 
 def seaweedfs_command(folder: Path, s3_port: int) -> list[str]:
@@ -220,13 +226,22 @@ def storage_environment(endpoint: str, key: str, secret: str) -> dict[str, str]:
     }
 
 
-def up(folder: str | Path, dask_workers: int = 2) -> Stack:
+def create_experiment(tracking_uri: str, name: str) -> None:
+    """Created once up front: runs that start together would otherwise race to create it."""
+    from mlflow import MlflowClient  # noqa: PLC0415 - slow import, only here
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name)
+
+
+def up(folder: str | Path, dask_workers: int = 2, experiment: str = "face_pipeline") -> Stack:
     """Start everything (PostgreSQL ~1 s, SeaweedFS ~1 s, MLflow ~15 s on first start)."""
     root = Path(folder).resolve()
     root.mkdir(parents=True, exist_ok=True)
     stack = Stack(folder=str(root))
     try:
-        backend, stack.pids["postgres"] = start_postgres(root)
+        backend, stack.pids["postgres"], stack.postgres_data = start_postgres()
         stack.save()
         key, secret = f"face{secrets.token_hex(6)}", secrets.token_urlsafe(24)
         endpoint, stack.pids["seaweedfs"] = start_seaweedfs(root, key, secret)
@@ -235,6 +250,7 @@ def up(folder: str | Path, dask_workers: int = 2) -> Stack:
         storage = storage_environment(endpoint, key, secret)
         uri, stack.pids["mlflow"] = start_mlflow(root, backend, ARTIFACTS, storage)
         stack.save()
+        create_experiment(uri, experiment)
         stack.env = {**storage, "MLFLOW_TRACKING_URI": uri, "FACE_PIPELINE_BUCKET": BUCKET}
         if dask_workers:
             address, stack.pids["dask-scheduler"], stack.pids["dask-workers"] = start_dask(root, dask_workers)
@@ -247,7 +263,7 @@ def up(folder: str | Path, dask_workers: int = 2) -> Stack:
     return stack
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> None:
+def stop_group(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL what is left."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
@@ -264,10 +280,9 @@ def stop_group(pid: int, timeout: float = 20.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def stop_postgres(folder: Path, pid: int) -> None:
-    data = folder / "postgres"
+def stop_postgres(data: str, pid: int) -> None:
     result = subprocess.run(
-        as_postgres_user([postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+        as_postgres_user([postgres_bin("pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"]),
         capture_output=True,
         check=False,
     )
@@ -284,9 +299,11 @@ def down(folder: str | Path) -> None:
     stack = Stack.load(root)
     for name, pid in reversed(stack.pids.items()):
         if name == "postgres":
-            stop_postgres(root, pid)
+            stop_postgres(stack.postgres_data, pid)
         else:
             stop_group(pid)
+    if stack.postgres_data:
+        shutil.rmtree(stack.postgres_data, ignore_errors=True)
     (root / STATE_FILE).unlink()
 
 
