@@ -159,7 +159,7 @@ def test_anonymous_requests_are_refused(stack):
 
 
 @on_loopback
-def test_team_run_on_s3_dask_and_the_tracking_server(stack, dask_cluster, tmp_path):
+def test_team_run_on_s3_dask_and_the_tracking_server(stack, dask_cluster, tmp_path, monkeypatch):
     cluster, client = dask_cluster
     storage = storage_for(stack.env)
     faces = tmp_path / "faces"
@@ -210,6 +210,14 @@ def test_team_run_on_s3_dask_and_the_tracking_server(stack, dask_cluster, tmp_pa
     artifacts = team_stack.ARTIFACTS.removeprefix("s3://")
     assert storage.exists(f"{artifacts}/{experiment.experiment_id}/models/{logged.model_id}/artifacts/data/model.keras")
     assert storage.exists(f"{artifacts}/{experiment.experiment_id}/{run_id}/artifacts/gender_metrics.json")
+    # ... and clients without bucket credentials fetch it through the server.
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    assert logged.artifact_location.startswith("mlflow-artifacts:")
+    mlmodel = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{logged.artifact_location}/MLmodel", tracking_uri=stack.env["MLFLOW_TRACKING_URI"]
+    )
+    assert "keras" in yaml.safe_load(Path(mlmodel).read_text())["flavors"]
     data = f"{team_stack.BUCKET}/data"
     assert storage.glob(f"{data}/06_models/gender_model.keras/*/gender_model.keras")
     assert storage.exists(f"{data}/07_model_output/gender_test_predictions.parquet")
