@@ -33,6 +33,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from face_pipeline import stack as team_stack
+from face_pipeline.parallel import close_dask_clients
 from face_pipeline.pipelines.ingestion.nodes import assign_splits, inspect_images, label_images, select_usable_images
 from face_pipeline.pipelines.preprocessing.nodes import preprocess_split
 
@@ -70,6 +71,7 @@ def decoding_rates(repeat: int) -> dict:
         dask_s, (dask_images, _, _) = best_seconds(
             lambda: preprocess_split(everything, raw, dask_params, "train"), repeat
         )
+        close_dask_clients()
     assert np.array_equal(local_images, dask_images), "Dask and the local pool decoded different arrays"
     count = len(everything)
     return {

@@ -121,14 +121,24 @@ def worker_pool(workers: int, preload_module: str) -> ProcessPoolExecutor:
     return pool
 
 
-@functools.cache
+_dask_clients: dict[str, Any] = {}
+
+
 def _dask_client(address: str) -> Any:
     """One client per scheduler for the life of the process (connecting takes ~0.5 s)."""
-    from distributed import Client  # noqa: PLC0415 - Dask is an optional dependency (the team extra)
+    if address not in _dask_clients:
+        from distributed import Client  # noqa: PLC0415 - Dask is an optional dependency (the team extra)
 
-    client = Client(address, set_as_default=False)
-    atexit.register(client.close)
-    return client
+        _dask_clients[address] = Client(address, set_as_default=False)
+        atexit.register(_dask_clients[address].close)
+    return _dask_clients[address]
+
+
+def close_dask_clients() -> None:
+    """Disconnect from every scheduler, e.g. before shutting a cluster down (a connected client
+    would try to reconnect for 30 s)."""
+    while _dask_clients:
+        _dask_clients.popitem()[1].close()
 
 
 def dask_executor(address: str) -> Executor:
