@@ -275,3 +275,36 @@ def test_a_stopped_server_or_store_is_named_in_one_line_and_a_rerun_completes(st
     rerun = run_kedro(project, env, "--env=team", "--pipelines=ingestion")
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-6000:]
     assert "Pipeline execution completed successfully" in rerun.stdout + rerun.stderr
+
+
+def context_for(project: Path, env: str | None = None):
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env) as session:
+        return session.load_context()
+
+
+@on_loopback
+def test_only_the_remote_services_in_the_configuration_are_checked(tmp_path, monkeypatch):
+    from face_pipeline.services import ServiceUnreachable, configured_services  # noqa: PLC0415
+
+    project = team_project(tmp_path / "project")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert configured_services(context_for(project)) == []  # the single-machine default: nothing remote
+
+    closed = team_stack.free_port()  # nothing listens there once the probe socket is closed
+    remote = {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",
+        "DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{closed}",
+    }
+    for name, value in {**remote, "FACE_PIPELINE_BUCKET": "any"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ServiceUnreachable) as refused:
+        context_for(project, env="team")  # the check runs as the context is created
+    message = refused.value.message
+    assert "\n" not in message
+    for what, url in zip(["MLflow tracking server", "object store", "Dask scheduler"], remote.values(), strict=True):
+        assert f"the {what} at {url} (Connection refused)" in message
