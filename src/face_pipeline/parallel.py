@@ -1,4 +1,4 @@
-"""Run a per-chunk function over many items in worker processes, with progress."""
+"""Run a per-chunk function over many items in worker processes (or on Dask), with progress."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def map_chunks(
     workers: int | None,
     chunk_size: int,
     description: str | None,
+    scheduler: str | None = None,
     **kwargs: Any,
 ) -> Iterator[tuple[int, Result]]:
     """Yield ``(offset, func(chunk, **kwargs))`` for consecutive chunks, in order.
@@ -49,8 +50,11 @@ def map_chunks(
     safe even when the parent has TensorFlow threads running. At most two
     chunks per worker are in flight, so results wait in memory only as long as
     the caller keeps up: memory does not grow with the number of items.
+
+    With a Dask ``scheduler`` address every chunk runs on that cluster's workers instead, as
+    many in flight as they have threads; ``func`` and the items must pickle.
     """
-    workers = resolve_workers(workers)
+    workers = dask_threads(scheduler) if scheduler else resolve_workers(workers)
     chunks = chunked(items, max(1, chunk_size))
     # Without a description: no progress bar and no log line (a served model's every request).
     progress = tqdm(
@@ -58,8 +62,10 @@ def map_chunks(
     )
     started = time.perf_counter()
     offset = 0
-    if workers == 1 or len(chunks) <= 1:
-        results: Iterator[Result] = (func(chunk, **kwargs) for chunk in chunks)
+    if scheduler:
+        results: Iterator[Result] = _bounded_map(dask_executor(scheduler), func, chunks, kwargs, 2 * workers)
+    elif workers == 1 or len(chunks) <= 1:
+        results = (func(chunk, **kwargs) for chunk in chunks)
     else:
         results = _bounded_map(worker_pool(workers, func.__module__), func, chunks, kwargs, 2 * workers)
     try:
@@ -73,13 +79,14 @@ def map_chunks(
     if not description:
         return
     logger.info(
-        "%s: %d items in %.1f s (%.0f items/s, %d worker%s)",
+        "%s: %d items in %.1f s (%.0f items/s, %d worker%s%s)",
         description,
         len(items),
         elapsed,
         len(items) / elapsed if elapsed else float("inf"),
         workers,
         "" if workers == 1 else "s",
+        f" on Dask at {scheduler}" if scheduler else "",
     )
 
 
@@ -112,3 +119,33 @@ def worker_pool(workers: int, preload_module: str) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     atexit.register(pool.shutdown, cancel_futures=True)
     return pool
+
+
+_dask_clients: dict[str, Any] = {}
+
+
+def _dask_client(address: str) -> Any:
+    """One client per scheduler for the life of the process (connecting takes ~0.5 s)."""
+    if address not in _dask_clients:
+        from distributed import Client  # noqa: PLC0415 - Dask is an optional dependency (the team extra)
+
+        _dask_clients[address] = Client(address, set_as_default=False)
+        atexit.register(_dask_clients[address].close)
+    return _dask_clients[address]
+
+
+def close_dask_clients() -> None:
+    """Disconnect from every scheduler, e.g. before shutting a cluster down (a connected client
+    would try to reconnect for 30 s)."""
+    while _dask_clients:
+        _dask_clients.popitem()[1].close()
+
+
+def dask_executor(address: str) -> Executor:
+    """A ``concurrent.futures`` executor whose tasks run on the Dask cluster at ``address``."""
+    return _dask_client(address).get_executor()
+
+
+def dask_threads(address: str) -> int:
+    """Worker threads of the cluster: how many chunks can run at once."""
+    return max(1, sum(_dask_client(address).nthreads().values()))

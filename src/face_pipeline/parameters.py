@@ -46,6 +46,7 @@ class IngestionSettings:
     max_pixels: int = 50_000_000
     workers: int | None = None
     chunk_size: int = 256
+    scheduler: str | None = None  # a Dask scheduler's address: check files on its workers
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "ingestion") -> IngestionSettings:
@@ -64,6 +65,7 @@ class PreprocessingSettings:
     image: ImageSpec
     workers: int | None = None
     chunk_size: int = 256
+    scheduler: str | None = None  # a Dask scheduler's address: decode on its workers
     detection: DetectionSettings | None = None  # photos, not chips: find and align the face first
 
     @classmethod

@@ -8,6 +8,7 @@ from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook
 from face_pipeline.parameters import ParametersCheckHook
+from face_pipeline.services import ServiceCheckHook
 from face_pipeline.serving import pinned_requirements
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
@@ -19,7 +20,9 @@ if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "250")
 
 # kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
-HOOKS = (ParametersCheckHook(), MlflowTagsHook())
+# ParametersCheckHook reads every parameter block first (a misspelt key fails the run at once);
+# ServiceCheckHook stops a run at once, in one line, when a configured server does not answer.
+HOOKS = (ParametersCheckHook(), ServiceCheckHook(), MlflowTagsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

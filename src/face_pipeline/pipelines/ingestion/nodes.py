@@ -68,6 +68,7 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
         images,
         workers=params.get("workers"),
         chunk_size=params.get("chunk_size", 256),
+        scheduler=params.get("scheduler"),
         description="Inspecting images",
         max_pixels=params["max_pixels"],
     ):

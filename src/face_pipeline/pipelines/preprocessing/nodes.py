@@ -77,6 +77,7 @@ def preprocess_split(
         [raw_images[image_id] for image_id in rows["image_id"]],
         workers=params.get("workers"),
         chunk_size=params.get("chunk_size", 256),
+        scheduler=params.get("scheduler"),
         description=f"Decoding {split} images",
         spec=spec,
         detection=detection,
