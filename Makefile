@@ -1,4 +1,5 @@
 # make run   - create .venv if needed, install the project, run every pipeline
+#              (GPU=1: with TensorFlow for NVIDIA GPUs, e.g. make run GPU=1 KEDRO_ENV=gpu)
 # make test  - install if needed, run ruff, the docs build and the default test suite
 # make docs  - serve the documentation site on http://127.0.0.1:8000
 # make bench - ingestion/preprocessing benchmark on the real images (FACE_DATA_DIR)
@@ -11,7 +12,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# TensorFlow's build: GPU=1 installs tensorflow[and-cuda] (NVIDIA GPUs), otherwise tensorflow-cpu.
+TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
+STAMP := $(VENV)/.installed-$(TENSORFLOW)
 
 # Kedro's telemetry plugin tries the network on every command.
 export KEDRO_DISABLE_TELEMETRY := true
@@ -37,7 +40,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,team]'
+	@if [ "$(TENSORFLOW)" = gpu ]; then $(BIN)/python -m pip uninstall --quiet -y tensorflow-cpu; fi
+	@if [ "$(TENSORFLOW)" = cpu ] && $(BIN)/python -m pip show --quiet tensorflow 2>/dev/null; then \
+		$(BIN)/python -m pip uninstall --quiet -y tensorflow; fi
+	$(BIN)/python -m pip install --quiet -e '.[dev,team,$(TENSORFLOW)]'
+	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -48,7 +55,7 @@ run: $(STAMP)
 		exit 1; \
 	fi
 	@echo "Images: $${FACE_DATA_DIR:-data/01_raw/utkface}"
-	$(BIN)/kedro run
+	$(BIN)/kedro run $(if $(KEDRO_ENV),--env=$(KEDRO_ENV))
 
 test: $(STAMP)
 	$(BIN)/ruff check .

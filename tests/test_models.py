@@ -190,7 +190,8 @@ def test_mixed_precision_keeps_inputs_weights_and_outputs_in_float32(architectur
         (True, [], "mixed_bfloat16"),
         (False, [], "float32"),
         (False, [(8, 0)], "mixed_bfloat16"),
-        (True, [(7, 5)], "float32"),  # an older GPU trains, and it has no fast bfloat16
+        (True, [(7, 5)], "mixed_float16"),  # a Turing GPU: fast float16, no bfloat16
+        (False, [(6, 1)], "float32"),  # older GPUs: no fast 16-bit arithmetic
     ],
 )
 def test_precision_auto_picks_bfloat16_only_where_it_runs_natively(monkeypatch, cpu_bfloat16, gpus, expected):

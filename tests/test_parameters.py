@@ -81,8 +81,21 @@ def test_keys_only_set_on_the_command_line_are_known(parameters):
 
 
 def test_parameter_files_are_found_by_their_top_level_key():
-    assert parameter_files("gender.training", PROJECT_ROOT / "conf") == [
-        str(PROJECT_ROOT / "conf/base/parameters_train_gender.yml"),
-        str(PROJECT_ROOT / "conf/seed/parameters_train_gender.yml"),
-    ]
+    found = parameter_files("gender.training", PROJECT_ROOT / "conf")
+    assert str(PROJECT_ROOT / "conf/base/parameters_train_gender.yml") == found[0]
+    assert str(PROJECT_ROOT / "conf/seed/parameters_train_gender.yml") in found
+    assert not any("parameters_train_age" in path for path in found)
     assert parameter_files("nothing", PROJECT_ROOT / "conf") == []
+
+
+@pytest.mark.parametrize("env", ["seed", "gpu", "team"])
+def test_every_environment_passes(env, monkeypatch):
+    from face_pipeline.settings import CONFIG_LOADER_ARGS  # noqa: PLC0415
+
+    monkeypatch.setenv("FACE_PIPELINE_BUCKET", "bucket")  # the team environment reads it
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env})
+    parameters = loader["parameters"]
+    check_parameters(parameters)
+    if env == "gpu":  # only the keys it names differ from base
+        assert parameters["gender"]["training"]["time_budget_minutes"] is None
+        assert parameters["gender"]["model"]["architecture"] == "default_cnn"

@@ -26,7 +26,7 @@ from face_pipeline.tasks import get_task
 
 # Numeric precision of the layers between the input scaling and the output head while training.
 # Saved models always compute in float32.
-PRECISIONS = {"float32", "mixed_bfloat16", "auto"}
+PRECISIONS = {"float32", "mixed_bfloat16", "mixed_float16", "auto"}
 
 
 @contextlib.contextmanager
@@ -250,9 +250,11 @@ def _cpu_has_bfloat16() -> bool:
 def resolve_precision(precision: str | None) -> str:
     """The Keras dtype policy that ``precision`` names; ``auto`` picks what this machine runs fastest.
 
-    ``auto``: ``mixed_bfloat16`` on a GPU of compute capability 8.0 or newer and on CPUs with
-    native bfloat16 instructions (AVX512-BF16 or AMX), where it is ~1.3x faster than float32;
-    ``float32`` elsewhere, because emulated bfloat16 is slower than float32.
+    ``auto``: on a GPU, ``mixed_bfloat16`` from compute capability 8.0 (Ampere) and
+    ``mixed_float16`` from 7.0 (Volta, Turing: fast float16, no bfloat16; Keras scales the loss
+    so small gradients survive); on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX)
+    ``mixed_bfloat16``, ~1.3x faster than float32; ``float32`` elsewhere, because emulated
+    16-bit arithmetic is slower than float32.
     """
     precision = precision or "float32"
     if precision not in PRECISIONS:
@@ -261,8 +263,10 @@ def resolve_precision(precision: str | None) -> str:
         return precision
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-        return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "float32"
+        capability = tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0)))
+        if capability >= (8, 0):
+            return "mixed_bfloat16"
+        return "mixed_float16" if capability >= (7, 0) else "float32"
     return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
 
 

@@ -92,7 +92,11 @@ def test_dataset_with_one_target_per_output():
 
 @pytest.mark.parametrize(
     ("precision", "task", "loss", "mirror_average"),
-    [("mixed_bfloat16", "age", "distribution", True), ("mixed_bfloat16", "gender", None, False)],
+    [
+        ("mixed_bfloat16", "age", "distribution", True),
+        ("mixed_bfloat16", "gender", None, False),
+        ("mixed_float16", "gender", None, True),  # with loss scaling
+    ],
 )
 def test_mixed_precision_training_serves_a_float32_model(data, tmp_path, precision, task, loss, mirror_average):
     model_options = {**MODEL, "loss": loss, "mirror_average": mirror_average}
