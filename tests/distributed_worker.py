@@ -1,15 +1,22 @@
 """One worker of a test cluster (or one process alone): train a tiny network with ``train_model`` on
 generated images; save the served weights and the decisions under ``OUT/<worker index>``.
 
-    python tests/distributed_worker.py OUT
+    python tests/distributed_worker.py OUT [BACKUP_DIR [KILL_WORKER_IN_EPOCH]]
+
+With ``BACKUP_DIR`` the run keeps its last finished epoch there (and resumes from it); with
+``KILL_WORKER_IN_EPOCH`` (``worker:epoch``, 1-based) that worker is killed (SIGKILL) half-way
+through that epoch.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -30,7 +37,13 @@ MODEL = {
         "dropout": 0.0,
     },
 }
-TRAINING = {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "seed": 3, "deterministic": True}
+TRAINING = {
+    "epochs": int(os.environ.get("EPOCHS", "2")),
+    "batch_size": 16,
+    "learning_rate": 0.01,
+    "seed": 3,
+    "deterministic": True,
+}
 
 
 def data(count: int = 64, size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
@@ -41,10 +54,30 @@ def data(count: int = 64, size: int = 32) -> tuple[np.ndarray, pd.DataFrame]:
     return images, labels
 
 
-def main(out: Path) -> None:
+def kill_in_epoch(worker: int, epoch: int) -> None:
+    """SIGKILL this process in the middle of ``epoch`` if it is ``worker``."""
+    if cluster_from_environment().index != worker:
+        return
+
+    class Killer(keras.callbacks.Callback):
+        def on_epoch_begin(self, index, logs=None):
+            self.epoch = index + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == epoch and batch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    original = nodes.training_callbacks
+    nodes.training_callbacks = lambda *args, **kwargs: [*original(*args, **kwargs), Killer()]
+
+
+def main(out: Path, backup: str | None = None, kill: str | None = None) -> None:
     images, labels = data()
+    training = {**TRAINING, "backup_dir": backup} if backup else TRAINING
+    if kill:
+        kill_in_epoch(*map(int, kill.split(":")))
     served, history, decisions = nodes.train_model(
-        images[:48], labels[:48], images[48:], labels[48:], {"target": "gender"}, MODEL, TRAINING
+        images[:48], labels[:48], images[48:], labels[48:], {"target": "gender"}, MODEL, training
     )
     folder = out / str(cluster_from_environment().index)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,4 +86,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

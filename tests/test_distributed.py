@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 import yaml
 from conftest import copy_project, run_in_process
+from distributed_worker import TRAINING
 from fake_faces import write_utkface_folder
 
 from face_pipeline.distribute import Cluster, cluster_from_environment, keras_needs_patch, local_tf_configs
 from face_pipeline.pipelines.training.data import make_dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 HERE = Path(__file__).parent
 
@@ -95,6 +98,22 @@ def test_two_workers_train_the_same_network_as_one_process(tmp_path):
     assert run["decisions"]["distribution_strategy"] == "MultiWorkerMirroredStrategy"
     assert run["decisions"]["workers"] == 2
     assert not np.allclose(chief[0], weights(tmp_path / "one/0")[0] * 0)  # it did train
+
+
+@pytest.mark.slow  # two 2-worker trainings, ~1-2 minutes; in `make test-all`
+def test_a_killed_worker_stops_the_job_and_a_restart_resumes_from_the_last_epoch(tmp_path):
+    script = [sys.executable, str(HERE / "distributed_worker.py"), str(tmp_path / "run"), str(tmp_path / "backup")]
+    epochs = TRAINING["epochs"] + 2
+    killed = run_workers(2, [*script, "1:3"], HERE, env={"EPOCHS": str(epochs)})
+    assert killed.returncode != 0  # worker 1 killed in epoch 3; the launcher stopped worker 0
+    assert not (tmp_path / "run").exists()
+    resumed = run_workers(2, script, HERE, env={"EPOCHS": str(epochs)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for worker in ("0", "1"):
+        run = json.loads((tmp_path / "run" / worker / "run.json").read_text())
+        assert len(run["history"]["loss"]) == epochs - 2  # epochs 3 and 4 again, 1-2 restored
+        assert run["decisions"]["resumed_from_backup"] is True
+    np.testing.assert_array_equal(weights(tmp_path / "run/0")[0], weights(tmp_path / "run/1")[0])
 
 
 @pytest.mark.skipif(not keras_needs_patch(), reason="only the Keras versions the patch is for")
