@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import os
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import PurePosixPath
@@ -73,7 +76,7 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
         if not isinstance(data, np.ndarray):
             raise DatasetError(f"NumpyDataset saves numpy arrays, got {type(data).__name__}")
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        with self._fs.open(save_path, mode="wb") as stream:
+        with written_atomically(self._fs, save_path) as partial, self._fs.open(partial, mode="wb") as stream:
             np.save(stream, data, allow_pickle=False)
         self._fs.invalidate_cache(save_path)
 
@@ -83,6 +86,42 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
         except DatasetError:
             return False
         return self._fs.exists(load_path)
+
+
+def partial_name(path: str) -> str:
+    """Where ``path`` is written before it is complete: a name no dataset loads (Kedro's versioned
+    loads look for the exact file name), one per process so that two runs never share one."""
+    return f"{path}.partial-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def written_atomically(fs: fsspec.AbstractFileSystem, path: str):
+    """Yield a temporary name to write ``path`` under; renamed to ``path`` only once it is complete.
+
+    A run killed or failing mid-write (full disk) leaves no file at ``path``, or the previous
+    complete one: a half-written output is never taken for a finished one (``--only-missing-outputs``,
+    a later pipeline loading it). On a local disk the rename is atomic.
+    """
+    partial = partial_name(path)
+    try:
+        yield partial
+        fs.mv(partial, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            fs.rm(partial)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ADVICE:
+            raise OSError(exc.errno, f"{exc.strerror}: {path} was not written; {WRITE_ADVICE[exc.errno]}") from exc
+        raise
+
+
+# What to do about the write errors a user can fix.
+WRITE_ADVICE = {
+    errno.ENOSPC: "free space on that disk or move the data folder to a larger one, then run again",
+    errno.EDQUOT: "free space within your quota or move the data folder, then run again",
+    errno.EROFS: "the folder is on a read-only file system: make it writable or move the data folder",
+    errno.EACCES: "make the folder writable for this user or move the data folder",
+    errno.EPERM: "make the folder writable for this user or move the data folder",
+}
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:

@@ -1,15 +1,19 @@
-"""Project hooks: tag each MLflow run with the code and data it used."""
+"""Project hooks: check the MLflow store before a run, tag each run with the code and data it used."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import subprocess
+import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 logger = logging.getLogger(__name__)
@@ -63,3 +67,98 @@ class MlflowTagsHook:
     def _tag_manifest(manifest: pd.DataFrame) -> None:
         if mlflow.active_run() is not None:
             mlflow.set_tags({"data.manifest_sha1": manifest_hash(manifest), "data.images": len(manifest)})
+
+
+class TrackingStoreUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be used; the message names it and says what to do."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+FALLBACK = "or log to a local file instead: MLFLOW_TRACKING_URI=sqlite:///mlflow.db"
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` with any ``user:password@`` removed, fit for a message or a log."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def check_tracking_store(uri: str, project: Path, timeout: float = 5.0) -> None:
+    """Raise ``TrackingStoreUnavailable`` unless the store at ``uri`` answers (a server) or can be
+    written (an SQLite file or a folder), within ``timeout`` seconds: MLflow itself retries an
+    unreachable server for about four minutes before it fails. Relative paths are the project's."""
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(project / uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None, timeout)
+    elif scheme in ("", "file"):
+        _check_folder_writable(project / (urllib.parse.urlsplit(uri).path if scheme else uri), "MLflow's run folder")
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import requests  # noqa: PLC0415
+
+    shown = without_credentials(uri)
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        reason = type(exc).__name__ if not isinstance(exc, requests.HTTPError) else str(exc)
+        raise TrackingStoreUnavailable(
+            f"MLflow tracking server {shown} is not reachable ({reason}). Start it or fix MLFLOW_TRACKING_URI "
+            f"(conf/base/mlflow.yml), {FALLBACK}"
+        ) from None
+
+
+def _check_sqlite(path: Path | None, timeout: float) -> None:
+    if path is None or str(path) in ("", ":memory:"):
+        return
+    _check_folder_writable(path.parent, "the folder of the MLflow database")
+    if not path.exists():
+        return  # MLflow creates it
+    with path.open("rb") as stream:
+        header = stream.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise TrackingStoreUnavailable(
+            f"{path} is not an SQLite database (MLflow's store). Move it away and run again, or set "
+            "MLFLOW_TRACKING_URI to another file"
+        )
+    try:
+        with sqlite3.connect(path, timeout=timeout) as connection:
+            connection.execute("BEGIN IMMEDIATE")  # waits for another writer, up to timeout
+            connection.rollback()
+    except sqlite3.OperationalError as exc:
+        raise TrackingStoreUnavailable(
+            f"MLflow database {path} cannot be written ({exc}): another process holds it locked; wait for it "
+            "to finish (e.g. another kedro run or mlflow ui) and run again"
+        ) from None
+
+
+def _check_folder_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise TrackingStoreUnavailable(
+            f"{folder} ({what}) is not writable: {exc.strerror}. Make it writable or set MLFLOW_TRACKING_URI "
+            "to a writable location"
+        ) from None
+
+
+class TrackingStoreCheck:
+    """Fails a run at once, with one clear message, when its MLflow store cannot be used."""
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's hook, which contacts the store
+    def after_context_created(self, context) -> None:
+        # Read as kedro-mlflow reads it: conf/<env>/mlflow.yml, server.mlflow_tracking_uri.
+        patterns = context.config_loader.config_patterns
+        patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+        try:
+            uri = context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]
+        except (KeyError, TypeError, MissingConfigException):
+            return  # kedro-mlflow's defaults: a local folder
+        if uri:
+            check_tracking_store(str(uri), Path(context.project_path))
