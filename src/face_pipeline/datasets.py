@@ -103,6 +103,7 @@ def written_atomically(fs: fsspec.AbstractFileSystem, path: str):
     a later pipeline loading it). On a local disk the rename is atomic.
     """
     partial = partial_name(path)
+    remove_stale_partials(fs, path)
     try:
         yield partial
         fs.mv(partial, path)
@@ -112,6 +113,28 @@ def written_atomically(fs: fsspec.AbstractFileSystem, path: str):
         if isinstance(exc, OSError) and exc.errno in WRITE_ADVICE:
             raise OSError(exc.errno, f"{exc.strerror}: {path} was not written; {WRITE_ADVICE[exc.errno]}") from exc
         raise
+
+
+def remove_stale_partials(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Delete what killed runs left half-written at ``path`` (their process is gone; local disks only:
+    a process id means nothing on another machine)."""
+    if "file" not in fs.protocol:
+        return
+    for stale in fs.glob(f"{path}.partial-*"):
+        pid = stale.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                fs.rm(stale)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # What to do about the write errors a user can fix.
