@@ -12,6 +12,7 @@ import mlflow
 import pytest
 import requests
 from fake_faces import encode, face_like
+from fuzz_inputs import mutated_photos
 from PIL import Image
 from skimage import data
 
@@ -148,3 +149,16 @@ def test_a_stack_trace_mlflow_puts_into_a_reply_goes_to_the_log_instead(caplog):
     assert cleaned["message"].startswith("unexpected (request ")
     assert request_id in caplog.text and 'File "/srv/x.py"' in caplog.text
     assert without_stack_trace(b"not json") == b"not json"
+
+
+def test_fuzzed_photos_get_a_row_or_a_4xx_never_a_5xx(server):
+    for kind, _, photo in mutated_photos(40, seed=7):
+        reply = post(server, table_body([b64(photo)]))
+        assert reply.status_code == 200 or 400 <= reply.status_code < 500, (kind, reply.status_code, reply.text[:500])
+        assert_no_leak(reply.text)
+        if reply.status_code == 200:
+            rows = reply.json()["predictions"]
+            assert rows and all(row["status"] in ("ok", "no face") or row["reason"] for row in rows), (kind, rows)
+        else:
+            assert reply.json()["message"].startswith("Failed to predict data"), (kind, reply.text[:500])
+    assert server.alive()

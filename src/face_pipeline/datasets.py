@@ -152,6 +152,21 @@ def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
         return stream.read()
 
 
+def outside_folder(folder: str, path: str) -> bool:
+    """Whether the local ``path`` leads (through links) to somewhere outside ``folder``. Remote
+    locations (fsspec URLs) have no links and are never outside."""
+    if "://" in str(folder):
+        return False
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, os.path.realpath(path)]) != root
+
+
+def _refuse_outside(path: str, folder: str) -> bytes:
+    from face_pipeline.images import ImageRejected  # noqa: PLC0415 - keep this module light
+
+    raise ImageRejected("outside the folder", f"{path} links to a file outside {folder}; not read")
+
+
 class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
     """Photos to predict on: a folder (searched recursively), one file, or a list of either.
 
@@ -183,7 +198,14 @@ class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
             else:
                 raise DatasetError(f"No such file or folder: {location}")
             for item in found:
-                files[fs.unstrip_protocol(item) if "://" in location else item] = functools.partial(_read, fs, item)
+                # A folder's links may lead anywhere: only what is inside the folder is read.
+                escapes = item != path and outside_folder(path, item)
+                read = (
+                    functools.partial(_refuse_outside, item, location)
+                    if escapes
+                    else functools.partial(_read, fs, item)
+                )
+                files[fs.unstrip_protocol(item) if "://" in location else item] = read
         return files
 
     def save(self, data: None) -> None:
