@@ -309,18 +309,59 @@ def markdown(rounds: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def oversized_body(server: Server, megabytes: int) -> dict:
-    """A body of ``megabytes`` MB (one huge base64 string) while another client's request runs."""
+def oversized_body(server: Server, megabytes: int, mix: list[Request]) -> dict:
+    """A body of ``megabytes`` MB (one huge base64 string) while another client sends one-photo requests."""
     body = b'{"dataframe_split": {"columns": ["image"], "data": [["' + b"A" * (megabytes * 2**20) + b'"]]}}'
+    others: list[Reply] = []
+    done = threading.Event()
+
+    def other_client() -> None:
+        one = next(request for request in mix if request.kind == "one photo")
+        with requests.Session() as session:
+            while not done.is_set():
+                others.append(send(session, server.url, one))
+
+    neighbour = threading.Thread(target=other_client)
+    neighbour.start()
     started = time.perf_counter()
     response = requests.post(
         f"{server.url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=120
     )
+    seconds = time.perf_counter() - started
+    done.set()
+    neighbour.join()
     return {
         "body_mb": megabytes,
         "status": response.status_code,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
         "message": response.json().get("message", "")[:160],
+        "rss_mb_after": round(server.rss_bytes() / 2**20),
+        "others_meanwhile": dict(Counter(str(reply.status) for reply in others)),
+    }
+
+
+def thumbnail(photo: bytes, side: int = 96) -> bytes:
+    image = Image.open(io.BytesIO(photo)).convert("RGB")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def many_rows(server: Server, photo: bytes, rows: int) -> dict:
+    """One request of ``rows`` copies of a small photo."""
+    started = time.perf_counter()
+    response = requests.post(
+        f"{server.url}/invocations",
+        data=table_body([b64(photo)] * rows),
+        headers={"Content-Type": "application/json"},
+        timeout=120,
+    )
+    return {
+        "rows": rows,
+        "status": response.status_code,
+        "seconds": round(time.perf_counter() - started, 2),
+        "message": response.json().get("message", "")[-120:],
         "rss_mb_after": round(server.rss_bytes() / 2**20),
     }
 
@@ -359,7 +400,8 @@ def main() -> None:
                     report["rounds"].append({"workers": workers, **summary})
                     print(json.dumps(report["rounds"][-1]), flush=True)
                 if workers == args.workers[-1]:
-                    report["oversized"] = [oversized_body(server, mb) for mb in (100, 300)]
+                    report["oversized"] = [oversized_body(server, mb, mix) for mb in (100, 300)]
+                    report["many_rows"] = many_rows(server, thumbnail(photos[0]), 3000)
                     report["alive_after"] = server.alive() and requests.get(f"{server.url}/ping").ok
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "load.json").write_text(json.dumps(report, indent=2))
@@ -367,6 +409,7 @@ def main() -> None:
         print(f"\nServer workers: {workers}\n")
         print(markdown([r for r in report["rounds"] if r["workers"] == workers]))
     print("\nOversized bodies:", json.dumps(report["oversized"], indent=2))
+    print("Many rows:", json.dumps(report["many_rows"], indent=2))
 
 
 if __name__ == "__main__":
