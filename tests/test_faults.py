@@ -190,3 +190,13 @@ def test_a_run_against_an_unreachable_tracking_server_stops_at_once_with_one_mes
     assert run.returncode != 0
     assert f"TrackingStoreUnavailable: MLflow tracking server {uri} is not reachable" in output
     assert not (project / "data" / "03_primary" / "face_manifest.parquet").exists()
+
+
+def test_two_runs_at_once_on_a_new_store_both_finish_and_leave_it_intact(project, utkface_folder):
+    env = {"FACE_DATA_DIR": str(utkface_folder)}
+    runs = [kedro_process(project, "run", "--pipelines", "ingestion", env=env) for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    with contextlib.closing(sqlite3.connect(project / "mlflow.db")) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 import subprocess
 import tempfile
@@ -116,8 +117,9 @@ def _check_sqlite(path: Path | None, timeout: float) -> None:
     if path is None or str(path) in ("", ":memory:"):
         return
     _check_folder_writable(path.parent, "the folder of the MLflow database")
-    if not path.exists():
-        return  # MLflow creates it
+    if not path.exists() or path.stat().st_size == 0:
+        create_sqlite_store(path)
+        return
     with path.open("rb") as stream:
         header = stream.read(len(SQLITE_HEADER))
     if header and header != SQLITE_HEADER:
@@ -134,6 +136,25 @@ def _check_sqlite(path: Path | None, timeout: float) -> None:
             f"MLflow database {path} cannot be written ({exc}): another process holds it locked; wait for it "
             "to finish (e.g. another kedro run or mlflow ui) and run again"
         ) from None
+
+
+def create_sqlite_store(path: Path) -> None:
+    """Create MLflow's tables in a new SQLite file, one process at a time.
+
+    Two runs started together on a new store would both create the tables, and the second fails
+    in MLflow's schema migration (alembic: "expected to match one row"); the lock (on the folder,
+    so that no lock file is left behind) lets the first create them and the second find them.
+    """
+    import fcntl  # noqa: PLC0415 - POSIX only, as the rest of the project
+
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def _check_folder_writable(folder: Path, what: str) -> None:
