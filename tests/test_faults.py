@@ -21,7 +21,7 @@ from fake_faces import write_utkface_folder
 from kedro.io.core import DatasetError, Version
 
 from face_pipeline.datasets import NumpyDataset, partial_name, written_atomically
-from face_pipeline.hooks import TrackingStoreUnavailable, check_tracking_store
+from face_pipeline.hooks import TrackingStoreUnavailable, TrainingInProgress, check_tracking_store, lock_folder
 from face_pipeline.models import build_model
 
 ARRAYS = ("train_images.npy", "val_images.npy", "test_images.npy")
@@ -200,3 +200,11 @@ def test_two_runs_at_once_on_a_new_store_both_finish_and_leave_it_intact(project
     with contextlib.closing(sqlite3.connect(project / "mlflow.db")) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+
+
+def test_a_second_training_in_the_project_is_refused_until_the_first_ends(tmp_path):
+    first = lock_folder(tmp_path / "data" / "06_models")
+    with pytest.raises(TrainingInProgress, match="another `kedro run` is training in this project"):
+        lock_folder(tmp_path / "data" / "06_models")
+    os.close(first)  # the first run ends (a SIGKILL closes it too)
+    os.close(lock_folder(tmp_path / "data" / "06_models"))

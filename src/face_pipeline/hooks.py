@@ -183,3 +183,61 @@ class TrackingStoreCheck:
             return  # kedro-mlflow's defaults: a local folder
         if uri:
             check_tracking_store(str(uri), Path(context.project_path))
+
+
+class TrainingInProgress(RuntimeError):
+    """Another ``kedro run`` is training in this project."""
+
+
+MODELS_FOLDER = Path("data") / "06_models"
+
+
+class OneTrainingAtATime:
+    """Refuses a second ``kedro run`` that trains while one is training in the same project.
+
+    Two trainings at once would share ``data/06_models`` (the epoch backups Keras resumes from
+    and writes with HDF5 file locks, the saved versions); the second failed midway with an
+    HDF5 locking error. The lock is on the folder itself (``flock``), so it is released however
+    the first run ends, SIGKILL included, and leaves no file behind. Runs that do not train
+    (predict, evaluation, ingestion) are not held back.
+    """
+
+    def __init__(self) -> None:
+        self._held: int | None = None
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow opens an MLflow run that would be left dangling
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if not any(name.endswith(".model") for name in pipeline.all_outputs()):
+            return
+        folder = Path(run_params.get("project_path") or Path.cwd()) / MODELS_FOLDER
+        self._held = lock_folder(folder)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], run_result: Any, pipeline, catalog) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+
+
+def lock_folder(folder: Path) -> int:
+    """An exclusive lock on ``folder`` (its open descriptor), or ``TrainingInProgress`` at once."""
+    import fcntl  # noqa: PLC0415 - POSIX only, as the rest of the project
+
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise TrainingInProgress(
+            f"another `kedro run` is training in this project (it holds {folder}); wait for it to finish, "
+            "or run the second one from a copy of the project"
+        ) from None
+    return descriptor

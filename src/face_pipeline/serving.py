@@ -130,7 +130,8 @@ class FaceModel(mlflow.pyfunc.PythonModel):
         except MlflowException:
             raise  # the request's own fault, already with a message naming the row
         except Exception as exc:
-            raise internal_error(f"prediction on {len(model_input)} row(s)") from exc
+            rows = len(model_input) if isinstance(model_input, pd.DataFrame) else "?"
+            raise internal_error(f"prediction on {rows} row(s)") from exc
 
 
 def internal_error(what: str) -> MlflowException:

@@ -6,7 +6,7 @@ import sys
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from face_pipeline.hooks import MlflowTagsHook, TrackingStoreCheck
+from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, TrackingStoreCheck
 from face_pipeline.serving import pinned_requirements
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
@@ -17,8 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "250")
 
-# kedro-mlflow registers its own hook; these check its store first and add code and data tags to its runs.
-HOOKS = (TrackingStoreCheck(), MlflowTagsHook())
+# kedro-mlflow registers its own hook; these check its store first, refuse a second training at
+# once in the project, and add code and data tags to its runs.
+HOOKS = (TrackingStoreCheck(), OneTrainingAtATime(), MlflowTagsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
