@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -75,10 +76,13 @@ def kill_at(process: subprocess.Popen, marker: str, delay: float) -> bool:
     return False
 
 
+EXCEPTION_LINE = re.compile(r"^[A-Z][A-Za-z]*(Error|Exception|Unavailable|InProgress): ")
+
+
 def explanation(output: str) -> str:
     """What the run said went wrong: the last ``SomethingError: ...`` line of its log and the next."""
     lines = [line.strip() for line in output.splitlines() if not line.strip().startswith(("│", "╭", "╰"))]
-    found = [i for i, line in enumerate(lines) if "Error:" in line or "Unavailable:" in line]
+    found = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
     if not found:
         return ""
     return " ".join(lines[found[-1] : found[-1] + 2])[:400]
