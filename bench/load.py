@@ -82,6 +82,7 @@ class Server:
 def serve(model_uri: str, workers: int = 1, env: dict[str, str] | None = None, log: Path | None = None):
     """``mlflow models serve`` of ``model_uri`` on 127.0.0.1, stopped (its whole process group) on exit."""
     port = free_port()
+    keep_log = log is not None
     log = log or Path(tempfile.mkstemp(prefix="served-", suffix=".log")[1])
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
@@ -107,6 +108,8 @@ def serve(model_uri: str, workers: int = 1, env: dict[str, str] | None = None, l
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+        if not keep_log:
+            log.unlink(missing_ok=True)
 
 
 def wait_until_ready(server: Server, timeout: float = 180) -> None:
@@ -366,9 +369,10 @@ def many_rows(server: Server, photo: bytes, rows: int) -> dict:
     }
 
 
-def models_folder() -> Path:
+def models_folder(folder: Path) -> Path:
+    """``folder`` holding links to the latest trained networks and their settings."""
     models = PROJECT_ROOT / "data" / "06_models"
-    folder = Path(tempfile.mkdtemp(prefix="load-models-"))
+    folder.mkdir()
     for task in ("gender", "age"):
         (folder / f"{task}_model.keras").symlink_to(latest_model_file(models / f"{task}_model.keras"))
     (folder / "inference_settings.json").symlink_to(models / "inference_settings.json")
@@ -390,7 +394,7 @@ def main() -> None:
     mix = request_mix(photos, args.seed)
     report: dict = {"rounds": [], "oversized": []}
     with tempfile.TemporaryDirectory() as store:
-        model_uri = package_trained_model(models_folder(), Path(store))
+        model_uri = package_trained_model(models_folder(Path(store) / "models"), Path(store))
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{Path(store) / 'mlflow.db'}"}
         for workers in args.workers:
             with serve(model_uri, workers, env) as server:
