@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from face_pipeline.distribute import loopback_only
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out" / "workers"
@@ -44,13 +45,6 @@ _, history, decisions = nodes.train_model(
 if cluster_from_environment().is_chief:
     json.dump({"epoch_seconds": history["epoch_seconds"], "decisions": decisions}, open(out, "w"), default=str)
 """
-
-
-def loopback_only(command: list[str]) -> list[str]:
-    unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True, check=False).returncode == 0:
-        return [unshare, "--net", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$@"', "sh", *command]
-    return command
 
 
 def train(workers: int, images: int, epochs: int) -> dict:

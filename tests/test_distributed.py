@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,20 +20,18 @@ from conftest import copy_project, run_in_process
 from distributed_worker import TRAINING
 from fake_faces import write_utkface_folder
 
-from face_pipeline.distribute import Cluster, cluster_from_environment, keras_needs_patch, local_tf_configs
+from face_pipeline.distribute import (
+    Cluster,
+    cluster_from_environment,
+    keras_needs_patch,
+    local_tf_configs,
+    loopback_only,
+)
 from face_pipeline.pipelines.training.data import make_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 HERE = Path(__file__).parent
-
-
-def loopback_only(command: list[str]) -> list[str]:
-    """``command`` inside a new network namespace with only loopback up, where unshare works."""
-    unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True, check=False).returncode == 0:
-        return [unshare, "--net", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$@"', "sh", *command]
-    return command
 
 
 def run_workers(workers: int, command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=300):

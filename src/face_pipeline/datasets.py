@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import os
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import PurePosixPath
@@ -74,7 +77,7 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
         if not isinstance(data, np.ndarray):
             raise DatasetError(f"NumpyDataset saves numpy arrays, got {type(data).__name__}")
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        with self._fs.open(save_path, mode="wb") as stream:
+        with written_atomically(self._fs, save_path) as partial, self._fs.open(partial, mode="wb") as stream:
             np.save(stream, data, allow_pickle=False)
         self._fs.invalidate_cache(save_path)
 
@@ -86,9 +89,83 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
         return self._fs.exists(load_path)
 
 
+def partial_name(path: str) -> str:
+    """Where ``path`` is written before it is complete: a name no dataset loads (Kedro's versioned
+    loads look for the exact file name), one per process so that two runs never share one."""
+    return f"{path}.partial-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def written_atomically(fs: fsspec.AbstractFileSystem, path: str):
+    """Yield a temporary name to write ``path`` under; renamed to ``path`` only once it is complete.
+
+    A run killed or failing mid-write (full disk) leaves no file at ``path``, or the previous
+    complete one: a half-written output is never taken for a finished one (``--only-missing-outputs``,
+    a later pipeline loading it). On a local disk the rename is atomic.
+    """
+    partial = partial_name(path)
+    remove_stale_partials(fs, path)
+    try:
+        yield partial
+        fs.mv(partial, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            fs.rm(partial)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ADVICE:
+            raise OSError(exc.errno, f"{exc.strerror}: {path} was not written; {WRITE_ADVICE[exc.errno]}") from exc
+        raise
+
+
+def remove_stale_partials(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Delete what killed runs left half-written at ``path`` (their process is gone; local disks only:
+    a process id means nothing on another machine)."""
+    if "file" not in fs.protocol:
+        return
+    for stale in fs.glob(f"{path}.partial-*"):
+        pid = stale.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                fs.rm(stale)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# What to do about the write errors a user can fix.
+WRITE_ADVICE = {
+    errno.ENOSPC: "free space on that disk or move the data folder to a larger one, then run again",
+    errno.EDQUOT: "free space within your quota or move the data folder, then run again",
+    errno.EROFS: "the folder is on a read-only file system: make it writable or move the data folder",
+    errno.EACCES: "make the folder writable for this user or move the data folder",
+    errno.EPERM: "make the folder writable for this user or move the data folder",
+}
+
+
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     with fs.open(path, "rb") as stream:
         return stream.read()
+
+
+def outside_folder(folder: str, path: str) -> bool:
+    """Whether the local ``path`` leads (through links) to somewhere outside ``folder``. Remote
+    locations (fsspec URLs) have no links and are never outside."""
+    if "://" in str(folder):
+        return False
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, os.path.realpath(path)]) != root
+
+
+def _refuse_outside(path: str, folder: str) -> bytes:
+    from face_pipeline.images import ImageRejected  # noqa: PLC0415 - keep this module light
+
+    raise ImageRejected("outside the folder", f"{path} links to a file outside {folder}; not read")
 
 
 class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
@@ -122,7 +199,14 @@ class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
             else:
                 raise DatasetError(f"No such file or folder: {location}")
             for item in found:
-                files[fs.unstrip_protocol(item) if "://" in location else item] = functools.partial(_read, fs, item)
+                # A folder's links may lead anywhere: only what is inside the folder is read.
+                escapes = item != path and outside_folder(path, item)
+                read = (
+                    functools.partial(_refuse_outside, item, location)
+                    if escapes
+                    else functools.partial(_read, fs, item)
+                )
+                files[fs.unstrip_protocol(item) if "://" in location else item] = read
         return files
 
     def save(self, data: None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -179,6 +180,18 @@ def local_tf_configs(workers: int) -> list[str]:
         json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
         for index in range(workers)
     ]
+
+
+def loopback_only(command: Sequence[str]) -> list[str]:
+    """``command`` inside a new network namespace with only loopback up, where ``unshare`` may make one.
+
+    TensorFlow's gRPC server listens on every interface whatever ``TF_CONFIG`` says; in its own
+    namespace nothing of a local trial is reachable from outside. Elsewhere, ``command`` as it is.
+    """
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "--net", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$@"', "sh", *command]
+    return list(command)
 
 
 def launch_local_workers(workers: int, command: Sequence[str], env: dict[str, str] | None = None) -> list[int]:

@@ -46,7 +46,7 @@ def load_keras_model(source: str | Path):
     if source.startswith(MLFLOW_SCHEMES):
         import mlflow  # noqa: PLC0415
 
-        return mlflow.keras.load_model(source)
+        return mlflow.keras.load_model(source, load_model_kwargs={"safe_mode": True})
     path = Path(source)
     if path.is_dir():  # Kedro's versioned layout: name.keras/<version>/name.keras
         versions = sorted(version for version in path.iterdir() if (version / path.name).is_file())
@@ -55,7 +55,8 @@ def load_keras_model(source: str | Path):
         path = versions[-1] / path.name
     if not path.is_file():
         raise FileNotFoundError(f"No model at {path}; train one with `kedro run` or pass a path or MLflow URI")
-    return keras.models.load_model(path)
+    # safe_mode: a model file cannot run code of its own (a Lambda layer's pickled function) on load.
+    return keras.models.load_model(path, safe_mode=True)
 
 
 def load_inference_settings(source: str | Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import sys
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from face_pipeline.hooks import MlflowTagsHook
+from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, TrackingStoreCheck
 from face_pipeline.parameters import ParametersCheckHook
 from face_pipeline.services import ServiceCheckHook
 from face_pipeline.serving import pinned_requirements
@@ -19,10 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "250")
 
-# kedro-mlflow registers its own hook; this one adds code and data tags to its runs.
-# ParametersCheckHook reads every parameter block first (a misspelt key fails the run at once);
-# ServiceCheckHook stops a run at once, in one line, when a configured server does not answer.
-HOOKS = (ParametersCheckHook(), ServiceCheckHook(), MlflowTagsHook())
+# kedro-mlflow registers its own hook; these run first. ParametersCheckHook reads every parameter
+# block (a misspelt key fails the run at once); ServiceCheckHook stops a run in one line when a
+# configured server does not answer; TrackingStoreCheck checks the MLflow store; OneTrainingAtATime
+# refuses a second training at once in the project; MlflowTagsHook adds code and data tags.
+HOOKS = (ParametersCheckHook(), ServiceCheckHook(), TrackingStoreCheck(), OneTrainingAtATime(), MlflowTagsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from face_pipeline.datasets import outside_folder
 from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
 from face_pipeline.parallel import map_chunks
 
@@ -60,8 +61,11 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
     extension``), except the label manifest itself.
     """
     manifest_file = params["labels"].get("manifest_file") if params["labels"]["source"] == "manifest" else None
-    images = sorted((pid, load) for pid, load in raw_images.items() if is_image_file(pid))
-    others = sorted(pid for pid in raw_images if not is_image_file(pid) and pid != manifest_file)
+    raw_dir = str(params["raw_dir"])
+    # Links out of the folder are reported, never followed: only files inside it are read.
+    outside = sorted(pid for pid in raw_images if outside_folder(raw_dir, f"{raw_dir}/{pid}"))
+    images = sorted((pid, load) for pid, load in raw_images.items() if is_image_file(pid) and pid not in outside)
+    others = sorted(pid for pid in raw_images if not is_image_file(pid) and pid != manifest_file and pid not in outside)
     rows: list[dict] = []
     for _, chunk_rows in map_chunks(
         _inspect_chunk,
@@ -80,6 +84,14 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
             "detail": f"expected one of {', '.join(IMAGE_EXTENSIONS)}",
         }
         for pid in others
+    )
+    rows.extend(
+        {
+            "image_id": pid,
+            "reason": "outside the image folder",
+            "detail": f"a link to a file outside {raw_dir}; not read",
+        }
+        for pid in outside
     )
     table = pd.DataFrame(rows, columns=INSPECTION_COLUMNS)
     return table.astype(
@@ -152,7 +164,10 @@ def label_images(
     source = params["labels"]["source"]
     if source not in ("filename", "manifest"):
         raise ValueError(f"ingestion.labels.source must be 'filename' or 'manifest', got {source!r}")
-    manifest = _read_label_manifest(raw_images, params["labels"]["manifest_file"]) if source == "manifest" else None
+    manifest_file = params["labels"]["manifest_file"]
+    if source == "manifest" and outside_folder(str(params["raw_dir"]), f"{params['raw_dir']}/{manifest_file}"):
+        raise ValueError(f"label manifest {manifest_file!r} links to a file outside {params['raw_dir']}; copy it in")
+    manifest = _read_label_manifest(raw_images, manifest_file) if source == "manifest" else None
     labelled = image_inspection.copy()
     ages, genders, races = [], [], []
     for index, row in labelled.iterrows():
