@@ -6,7 +6,6 @@ gets the same photos in tests/test_served_load.py.
 """
 
 import json
-import os
 
 import pandas as pd
 import pytest
@@ -101,11 +100,11 @@ def test_predict_command_gives_each_hostile_photo_a_row_and_reads_nothing_outsid
             assert (rows.loc[rows["name"] == name, "status"] == "error").all(), (name, kind)
 
 
-def test_odd_names_work_as_command_line_arguments(tmp_path, tiny_models):
+def test_odd_names_work_as_command_line_arguments(tmp_path, tiny_models, monkeypatch):
     kinds = hostile_folder(tmp_path, 12, seed=3)
     names = [name for name, kind in kinds.items() if kind.startswith("valid")]
     assert names
-    os.chdir(tmp_path / "photos")  # relative names, a leading dash among them, after `--`
+    monkeypatch.chdir(tmp_path / "photos")  # relative names, a leading dash among them, after `--`
     with time_limit(120):
         result = CliRunner().invoke(cli, ["predict", *tiny_models, "--format", "csv", "--", *names])
     assert result.exit_code == 0, result.output[-2000:]

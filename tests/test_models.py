@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -152,7 +153,8 @@ def test_unknown_options_are_refused():
         ),
     ],
 )
-def test_model_settings_name_a_misspelt_key_with_its_block_and_file(params, message):
+def test_model_settings_name_a_misspelt_key_with_its_block_and_file(params, message, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])  # files are named as from the project, where kedro runs
     with pytest.raises(ConfigError, match=message) as error:
         ModelSettings.from_params(params, "age.model")
     if "unknown" in str(error.value):

@@ -55,7 +55,8 @@ def test_the_project_parameters_pass(parameters):
         ("registry.names.gendr", "registry.names", "parameters_predict.yml"),
     ],
 )
-def test_a_misspelt_key_names_itself_its_block_and_its_file(parameters, path, block, file):
+def test_a_misspelt_key_names_itself_its_block_and_its_file(parameters, path, block, file, monkeypatch):
+    monkeypatch.chdir(PROJECT_ROOT)  # files are named as from the project, where kedro runs
     key = path.rsplit(".", 1)[1]
     with pytest.raises(ConfigError) as error:
         check_parameters(misspelt(parameters, path))

@@ -178,6 +178,6 @@ def check_parameters(params: Mapping[str, Any]) -> None:
 class ParametersCheckHook:
     """Checks every parameter block as soon as Kedro has loaded the configuration."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow logs anything, before any server is contacted
     def after_context_created(self, context) -> None:
         check_parameters(context.params)

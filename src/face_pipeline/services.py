@@ -17,6 +17,8 @@ import click
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
+from face_pipeline.hooks import without_credentials
+
 DEFAULT_PORTS = {"http": 80, "https": 443, "tcp": 8786}
 
 
@@ -73,7 +75,7 @@ class ServiceCheckHook:
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
         problems = [
-            f"the {what} at {url} ({reason}): start it or {fix}"
+            f"the {what} at {without_credentials(url)} ({reason}): start it or {fix}"
             for what, url, fix in configured_services(context)
             if (reason := unreachable_reason(url))
         ]

@@ -19,11 +19,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "250")
 
-# kedro-mlflow registers its own hook; these run first. ParametersCheckHook reads every parameter
-# block (a misspelt key fails the run at once); ServiceCheckHook stops a run in one line when a
-# configured server does not answer; TrackingStoreCheck checks the MLflow store; OneTrainingAtATime
-# refuses a second training at once in the project; MlflowTagsHook adds code and data tags.
-HOOKS = (ParametersCheckHook(), ServiceCheckHook(), TrackingStoreCheck(), OneTrainingAtATime(), MlflowTagsHook())
+# kedro-mlflow registers its own hook. The checks below run before it (tryfirst), in reverse order
+# of this tuple (pluggy calls the last registered first): ParametersCheckHook reads every
+# parameter block (a misspelt key fails the run at once), ServiceCheckHook names in one line
+# every configured server that does not answer, TrackingStoreCheck checks the MLflow store itself;
+# OneTrainingAtATime refuses a second training at once in the project; MlflowTagsHook adds code
+# and data tags to the run.
+HOOKS = (MlflowTagsHook(), OneTrainingAtATime(), TrackingStoreCheck(), ServiceCheckHook(), ParametersCheckHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

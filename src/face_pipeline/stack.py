@@ -238,6 +238,9 @@ def create_experiment(tracking_uri: str, name: str) -> None:
 def up(folder: str | Path, dask_workers: int = 2, experiment: str = "face_pipeline") -> Stack:
     """Start everything (PostgreSQL ~1 s, SeaweedFS ~1 s, MLflow ~15 s on first start)."""
     root = Path(folder).resolve()
+    if (root / STATE_FILE).exists():
+        # Starting again over a running stack would overwrite the record of its processes.
+        raise RuntimeError(f"a stack is already running in {root} ({STATE_FILE}): stop it first (make stack-down)")
     root.mkdir(parents=True, exist_ok=True)
     stack = Stack(folder=str(root))
     try:
@@ -321,7 +324,10 @@ def main(argv: list[str] | None = None) -> None:
         down(args.dir)
         print(f"Stopped the stack in {args.dir}")
         return
-    stack = up(args.dir, args.dask_workers)
+    try:
+        stack = up(args.dir, args.dask_workers)
+    except RuntimeError as error:
+        raise SystemExit(f"Error: {error}") from None
     print(f"Stack running in {stack.folder} (logs there). Export this, then: kedro run --env=team")
     print("\n".join(exports(stack.env)))
 

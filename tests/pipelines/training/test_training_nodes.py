@@ -1,5 +1,6 @@
 import types
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -442,7 +443,8 @@ def test_a_budget_with_room_for_every_epoch_trains_the_same_model(data):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_misspelt_training_key_is_an_error_naming_key_block_and_file(data):
+def test_a_misspelt_training_key_is_an_error_naming_key_block_and_file(data, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[3])  # files are named as from the project, where kedro runs
     params = {**training_params(), "early_stoping_patience": 3}
     with pytest.raises(ConfigError, match=r"'early_stoping_patience' in parameters 'gender\.training'") as error:
         train_model(*data, {"target": "gender"}, MODEL, params)
