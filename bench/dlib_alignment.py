@@ -73,7 +73,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(OUT / "dlib-venv", DLIB_REQUIREMENTS)
-    models = [load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")]
+    models = {task: load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")}
     settings = load_inference_settings(PROJECT_ROOT / "data/06_models/inference_settings.json")
     spec = ImageSpec.from_params(settings["image"])
     samples = {
@@ -90,14 +90,12 @@ def main() -> None:
         inputs = np.stack(
             [face_input(convert_pixels(chip, spec.color_mode), spec) for chip in made["chips"][made["found"]]]
         )
-        female, age = (predict_in_batches(model, inputs, 64) for model in models)
+        female, age = (predict_in_batches(model, inputs, 64) for model in models.values())
         dlib_rows = [
             {"file": path, "found": True, "female_probability": p, "age": a}
             for path, p, a in zip(paths, female, age, strict=True)
         ]
-        table = FacePredictor.from_settings(*models, settings).predict(
-            [(p, Path(p).read_bytes) for p in sample["path"]]
-        )
+        table = FacePredictor.from_settings(models, settings).predict([(p, Path(p).read_bytes) for p in sample["path"]])
         our_rows = first_faces(table)
         dlib_label = f"dlib 68-point chip ({float(made['ms_per_image']):.0f} ms/image)"
         for label, rows in ((dlib_label, dlib_rows), ("ours (BlazeFace, aligned)", our_rows)):

@@ -80,11 +80,11 @@ def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from face_pipeline.predict import FacePredictor, load_inference_settings, load_keras_model  # noqa: PLC0415
 
-    models = [load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")]
+    models = {task: load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")}
     settings = load_inference_settings(PROJECT_ROOT / "data/06_models/inference_settings.json")
     settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
     workers = 1 if cores == "1" else 0
-    predictor = FacePredictor.from_settings(*models, settings, workers=workers)
+    predictor = FacePredictor.from_settings(models, settings, workers=workers)
     files = listing.read_text().splitlines()
     photos = [(path, Path(path).read_bytes) for path in files]
     predictor.predict(photos[:64])  # warm up: the networks' first calls, the worker pool

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import copy_project, run_in_process
-from fake_faces import write_utkface_folder
+from fake_faces import encode, face_like, write_utkface_folder
 
-from face_pipeline.predict import predict_in_batches
+from face_pipeline.faces import DetectionSettings
+from face_pipeline.images import ImageSpec
+from face_pipeline.predict import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor
 from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, gender_scores, register, unregister
 
 
@@ -70,7 +72,10 @@ def test_a_third_task_trains_evaluates_and_predicts(adult_task, tmp_path, monkey
     import keras  # noqa: PLC0415
 
     model = keras.saving.load_model(next((project / "data/06_models/adult_model.keras").rglob("*.keras")))
-    test_images = np.load(project / "data/05_model_input/test_images.npy")
-    columns = ADULT.columns(predict_in_batches(model, test_images, batch_size=8))
-    assert columns["adult"].shape == (len(test_images),) and columns["adult"].dtype == bool
+    # Predicts on photos like the built-in tasks: its own column in the prediction table.
+    photos = [(f"face{index}.png", encode(face_like(index, 64), "PNG")) for index in range(3)]
+    predictor = FacePredictor({"adult": model}, ImageSpec(), DetectionSettings(mode="never"))
+    table = predictor.predict(photos)
+    assert list(table.columns) == [*FACE_COLUMNS, "adult", *OUTCOME_COLUMNS]
+    assert table["status"].tolist() == ["ok"] * 3 and set(table["adult"]) <= {True, False}
     assert GENDER.name in TASKS  # the built-in tasks are untouched

@@ -58,7 +58,7 @@ class Recorder:
 
 def test_rows_for_faces_no_faces_and_bad_files():
     gender, age = Recorder(0.8), Recorder(41.26)
-    predictor = FacePredictor(gender, age, SPEC, DetectionSettings(mode="auto"))
+    predictor = FacePredictor({"gender": gender, "age": age}, SPEC, DetectionSettings(mode="auto"))
     noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)))
     table = predictor.predict([("photo.jpg", PHOTO), ("crop.png", CROP), ("noise.jpg", noise), ("x.jpg", b"text")])
     assert list(table.columns) == PREDICTION_COLUMNS
@@ -73,13 +73,15 @@ def test_rows_for_faces_no_faces_and_bad_files():
 
 def test_without_detection_a_photo_gets_exactly_the_training_preprocessing():
     gender = Recorder(0.5)
-    FacePredictor(gender, Recorder(30), SPEC, DetectionSettings(mode="never")).predict([("crop.png", CROP)])
+    FacePredictor({"gender": gender, "age": Recorder(30)}, SPEC, DetectionSettings(mode="never")).predict(
+        [("crop.png", CROP)]
+    )
     np.testing.assert_array_equal(gender.inputs[0][0], decode_face(CROP, SPEC))
 
 
 def test_a_detected_face_is_aligned_then_gets_the_training_preprocessing():
     gender, settings = Recorder(0.5), DetectionSettings(mode="auto")
-    table = FacePredictor(gender, Recorder(30), SPEC, settings).predict([("photo.jpg", PHOTO)])
+    table = FacePredictor({"gender": gender, "age": Recorder(30)}, SPEC, settings).predict([("photo.jpg", PHOTO)])
     rgb = load_image(PHOTO, ImageSpec(color_mode="rgb"))
     [face] = find_faces(rgb, settings)
     expected = face_input(convert_pixels(face_chip(rgb, face, settings), "grayscale"), SPEC)
@@ -99,7 +101,7 @@ def test_boxes_are_in_the_photos_own_pixels_when_it_is_decoded_smaller():
 @pytest.mark.parametrize("workers", [1, 2])
 def test_streamed_chunks_cover_every_photo_in_order(workers):
     photos = [(f"{index}.jpg", PHOTO if index % 3 else b"broken") for index in range(7)]
-    predictor = FacePredictor(Recorder(0.5), Recorder(30), SPEC, workers=workers, chunk_size=2)
+    predictor = FacePredictor({"gender": Recorder(0.5), "age": Recorder(30)}, SPEC, workers=workers, chunk_size=2)
     chunks = list(predictor.predict_stream(photos))
     assert [len(chunk) for chunk in chunks] == [2, 2, 2, 1]
     table = pd.concat(chunks, ignore_index=True)
@@ -128,7 +130,7 @@ def test_loader_errors_become_rows():
     def unreadable():
         raise PermissionError("denied")
 
-    table = FacePredictor(Recorder(0.5), Recorder(30), SPEC).predict([("locked.jpg", unreadable)])
+    table = FacePredictor({"gender": Recorder(0.5), "age": Recorder(30)}, SPEC).predict([("locked.jpg", unreadable)])
     assert table["status"].tolist() == ["error"]
     assert "PermissionError" in table.loc[0, "reason"]
 

@@ -63,13 +63,13 @@ def predict(
         gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"
     try:
         photos = ImageFilesDataset(paths=list(paths)).load()
-        models = [load_keras_model(gender_model), load_keras_model(age_model)]
+        models = {"gender": load_keras_model(gender_model), "age": load_keras_model(age_model)}
         settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
     except Exception as exc:  # a clear message instead of a traceback
         raise click.ClickException(str(exc)) from exc
     if detect:
         settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
-    predictor = FacePredictor.from_settings(*models, settings, workers=workers)
+    predictor = FacePredictor.from_settings(models, settings, workers=workers)
     # Table and CSV rows are printed chunk by chunk as they come; JSON is one array at the end.
     statuses: list[str] = []
     records: list[dict] = []

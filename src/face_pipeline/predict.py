@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,21 +19,29 @@ import pandas as pd
 from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
 from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_scaled_image
 from face_pipeline.parallel import map_chunks
+from face_pipeline.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = [
-    "file",
-    "face",
-    "box_x",
-    "box_y",
-    "box_size",
-    "gender",
-    "female_probability",
-    "age",
-    "status",
-    "reason",
-]
+# Every prediction row: where the face is, then each task's columns (Task.columns), then the outcome.
+FACE_COLUMNS = ["file", "face", "box_x", "box_y", "box_size"]
+OUTCOME_COLUMNS = ["status", "reason"]
+SERVED_TASKS = ("gender", "age")  # the networks the served model and the predict pipeline bundle
+
+
+def task_columns(tasks: Iterable[str]) -> dict[str, np.dtype]:
+    """Each task's prediction columns with their types, in order (``Task.columns`` of no outputs)."""
+    columns: dict[str, np.dtype] = {}
+    for task in tasks:
+        columns.update({name: values.dtype for name, values in get_task(task).columns(np.zeros(0)).items()})
+    return columns
+
+
+def prediction_columns(tasks: Iterable[str] = SERVED_TASKS) -> list[str]:
+    return [*FACE_COLUMNS, *task_columns(tasks), *OUTCOME_COLUMNS]
+
+
+PREDICTION_COLUMNS = prediction_columns()
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/")
 SETTINGS_FILE = "inference_settings.json"
 
@@ -149,15 +157,16 @@ def prepare_photos(
 
 @dataclass
 class FacePredictor:
-    """Detection, alignment, ``face_input`` and both networks, for any number of photos.
+    """Detection, alignment, ``face_input`` and one network per task, for any number of photos.
 
-    Photos are decoded, searched and aligned ``chunk_size`` at a time in ``workers`` processes
-    (1: in this one), while this process runs the networks on the faces of earlier chunks;
-    memory does not grow with the number of photos.
+    ``models`` maps each task (``face_pipeline.tasks``) to its network; each adds its columns
+    (``Task.columns``) to the prediction table, in that order. Photos are decoded, searched and
+    aligned ``chunk_size`` at a time in ``workers`` processes (1: in this one), while this process
+    runs the networks on the faces of earlier chunks; memory does not grow with the number of
+    photos.
     """
 
-    gender_model: Any
-    age_model: Any
+    models: Mapping[str, Any]
     spec: ImageSpec = field(default_factory=ImageSpec)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     batch_size: int = 64
@@ -165,13 +174,10 @@ class FacePredictor:
     chunk_size: int = 128
 
     @classmethod
-    def from_settings(
-        cls, gender_model: Any, age_model: Any, settings: dict[str, Any], **options: Any
-    ) -> FacePredictor:
+    def from_settings(cls, models: Mapping[str, Any], settings: dict[str, Any], **options: Any) -> FacePredictor:
         """The predictor for networks saved with ``settings`` (see ``inference_settings``)."""
         return cls(
-            gender_model,
-            age_model,
+            models,
             ImageSpec.from_params(settings["image"]),
             DetectionSettings.from_params(settings["detection"]),
             **options,
@@ -197,14 +203,14 @@ class FacePredictor:
         return pd.concat(tables, ignore_index=True) if tables else self._predictions([], np.empty(0))
 
     def _predictions(self, rows: list[dict], inputs: np.ndarray) -> pd.DataFrame:
-        table = pd.DataFrame(rows, columns=PREDICTION_COLUMNS).astype(
-            {"gender": "object", "female_probability": "float64", "age": "float64", "reason": "object"}
+        types = task_columns(self.models)
+        table = pd.DataFrame(rows, columns=prediction_columns(self.models)).astype(
+            {name: "float64" if dtype.kind == "f" else "object" for name, dtype in types.items()} | {"reason": "object"}
         )
         if len(inputs):
-            female = predict_in_batches(self.gender_model, inputs, self.batch_size).astype(np.float64)
-            years = predict_in_batches(self.age_model, inputs, self.batch_size).astype(np.float64)
             ok = table["status"] == "ok"
-            table.loc[ok, "female_probability"] = np.round(female, 4)
-            table.loc[ok, "gender"] = np.where(female >= 0.5, "female", "male")
-            table.loc[ok, "age"] = np.round(np.clip(years, 0, None), 1)
+            for task, model in self.models.items():
+                outputs = predict_in_batches(model, inputs, self.batch_size).astype(np.float64)
+                for name, values in get_task(task).columns(outputs).items():
+                    table.loc[ok, name] = values
         return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})

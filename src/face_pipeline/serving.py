@@ -32,6 +32,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 import face_pipeline
 from face_pipeline.images import ImageRejected, open_image
+from face_pipeline.predict import SERVED_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,10 @@ class FaceModel(mlflow.pyfunc.PythonModel):
         self.limits = ServingLimits.from_config(config)
         self.predictor = FacePredictor.from_settings(
             # safe_mode: a model file cannot run code of its own (Lambda layers) when it loads.
-            keras.models.load_model(context.artifacts["gender_model"], safe_mode=True),
-            keras.models.load_model(context.artifacts["age_model"], safe_mode=True),
+            {
+                task: keras.models.load_model(context.artifacts[f"{task}_model"], safe_mode=True)
+                for task in SERVED_TASKS
+            },
             config["inference_settings"],
         )
         self.max_pixels = self.predictor.spec.max_pixels

@@ -11,16 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from keras import layers, ops
-from sklearn import metrics as skm
 
 from face_pipeline.pipelines.ingestion.nodes import GENDERS  # the label codes 0 and 1
+
+if TYPE_CHECKING:
+    import keras
+    import matplotlib.pyplot as plt
+
+# Keras, matplotlib and scikit-learn are imported where they are used: prediction workers import
+# this module to name the prediction columns and must not start TensorFlow.
 
 # Ages the "distribution" loss spreads its probabilities over: one bin per year.
 AGE_BINS = np.arange(0, 121, dtype="float32")
@@ -77,15 +80,21 @@ class Task:
 
 
 def gender_head(features, loss: str | None = None):
+    from keras import layers  # noqa: PLC0415
+
     return layers.Dense(1, activation="sigmoid", dtype="float32", name="gender")(features)
 
 
 def gender_metrics() -> list[keras.metrics.Metric]:
+    import keras  # noqa: PLC0415
+
     return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
 
 
 def gender_scores(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Classification scores; AUC and log loss are None when only one class is present."""
+    from sklearn import metrics as skm  # noqa: PLC0415
+
     y_true = np.asarray(y_true, dtype=int)
     y_pred = (np.asarray(probability) >= threshold).astype(int)
     both_classes = len(np.unique(y_true)) == 2
@@ -105,12 +114,14 @@ def gender_scores(y_true: np.ndarray, probability: np.ndarray, threshold: float 
 def gender_columns(female_probability: np.ndarray) -> dict[str, np.ndarray]:
     female_probability = np.asarray(female_probability, dtype=np.float64)
     return {
-        "gender": np.where(female_probability >= 0.5, GENDERS[1], GENDERS[0]),
-        "female_probability": female_probability,
+        "gender": np.where(female_probability >= 0.5, GENDERS[1], GENDERS[0]).astype(object),
+        "female_probability": np.round(female_probability, 4),
     }
 
 
 def plot_confusion_matrix(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     matrix = np.asarray(report["confusion_matrix"])
     figure, axis = plt.subplots(figsize=(4, 3.6))
     axis.imshow(matrix, cmap="Blues")
@@ -127,6 +138,9 @@ def plot_confusion_matrix(predictions: pd.DataFrame, report: dict[str, Any]) -> 
 
 
 def plot_roc_curve(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from sklearn import metrics as skm  # noqa: PLC0415
+
     figure, axis = plt.subplots(figsize=(4, 4))
     if predictions["y_true"].nunique() == 2:
         false_positive, true_positive, _ = skm.roc_curve(predictions["y_true"], predictions["y_pred"])
@@ -157,32 +171,11 @@ GENDER = Task(
 # ---- age -------------------------------------------------------------------------------
 
 
-@keras.saving.register_keras_serializable(package="face_pipeline")
-class AgeDistributionLoss(keras.losses.Loss):
-    """Kullback-Leibler divergence from a Gaussian around the true age to the predicted bins.
-
-    Label distribution learning (DLDL-v2, Gao et al. 2018): the target is not one age but a
-    narrow distribution over neighbouring ages, which suits labels that are themselves
-    uncertain by a few years. ``y_true`` holds ages in years, ``y_pred`` probabilities per bin.
-    """
-
-    def __init__(self, sigma: float = 2.0, name: str = "age_distribution", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.sigma = float(sigma)
-
-    def call(self, y_true, y_pred):
-        bins = ops.convert_to_tensor(AGE_BINS)
-        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, 1))
-        target = ops.softmax(-0.5 * ops.square((bins - y_true) / self.sigma), axis=-1)
-        eps = keras.config.epsilon()
-        return ops.sum(target * (ops.log(target + eps) - ops.log(y_pred + eps)), axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "sigma": self.sigma}
-
-
 def age_head(features, loss: str | None = None, mean: float = 33.0, std: float = 20.0):
     """Age in years; with the "distribution" loss also the probabilities per year it is the expectation of."""
+    import keras  # noqa: PLC0415
+    from keras import layers  # noqa: PLC0415
+
     if loss == "distribution":
         # Probabilities per year of age, starting from a Gaussian prior around the training
         # mean; the prediction in years is their expectation (a fixed dense layer).
@@ -210,7 +203,21 @@ def age_head(features, loss: str | None = None, mean: float = 33.0, std: float =
     return layers.Rescaling(scale=std, offset=mean, dtype="float32", name="age")(standardised)
 
 
+def huber_loss():
+    import keras  # noqa: PLC0415
+
+    return keras.losses.Huber(delta=5.0)
+
+
+def distribution_loss() -> dict[str, Any]:
+    from face_pipeline.losses import AgeDistributionLoss  # noqa: PLC0415
+
+    return {"age": "mae", "age_distribution": AgeDistributionLoss()}
+
+
 def age_metrics() -> list[keras.metrics.Metric]:
+    import keras  # noqa: PLC0415
+
     return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse")]
 
 
@@ -239,6 +246,8 @@ def age_scores(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float = 5.0) -
 
 
 def plot_predicted_vs_true(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.scatter(predictions["y_true"], predictions["y_pred"], s=4, alpha=0.3)
     top = max(predictions["y_true"].max(), predictions["y_pred"].max(), 1) * 1.05
@@ -257,9 +266,9 @@ AGE = Task(
     head=age_head,
     losses={
         "mae": lambda: "mae",
-        "huber": lambda: keras.losses.Huber(delta=5.0),
+        "huber": huber_loss,
         # DLDL-v2: the divergence shapes the distribution, MAE on its expectation sharpens it.
-        "distribution": lambda: {"age": "mae", "age_distribution": AgeDistributionLoss()},
+        "distribution": distribution_loss,
     },
     metrics=age_metrics,
     scores=age_scores,

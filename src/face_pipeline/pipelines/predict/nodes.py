@@ -27,8 +27,7 @@ def predict_faces(
     The photos are prepared as the models were saved to expect (``inference_settings``).
     """
     predictor = FacePredictor.from_settings(
-        gender_model,
-        age_model,
+        {"gender": gender_model, "age": age_model},
         inference_settings,
         batch_size=int(predict["batch_size"]),
         workers=predict["workers"],
