@@ -14,6 +14,7 @@ import yaml
 from conftest import copy_project, run_in_process
 from fake_faces import write_utkface_folder
 
+from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.predict import predict_in_batches
 from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, gender_scores, register, unregister
 
@@ -70,7 +71,7 @@ def test_a_third_task_trains_evaluates_and_predicts(adult_task, tmp_path, monkey
     import keras  # noqa: PLC0415
 
     model = keras.saving.load_model(next((project / "data/06_models/adult_model.keras").rglob("*.keras")))
-    test_images = np.load(project / "data/05_model_input/test_images.npy")
+    test_images = ShardedArrayDataset(filepath=str(project / "data/05_model_input/test_images")).load()
     columns = ADULT.columns(predict_in_batches(model, test_images, batch_size=8))
     assert columns["adult"].shape == (len(test_images),) and columns["adult"].dtype == bool
     assert GENDER.name in TASKS  # the built-in tasks are untouched
