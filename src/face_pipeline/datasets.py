@@ -32,11 +32,11 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
     large image array is paged in as it is read instead of being copied into
     RAM up front. Remote files are read into memory.
 
-    Example::
+    For arrays that fit in memory; the image splits use ``ShardedArrayDataset``. Example::
 
-        train_images:
+        embeddings:
           type: face_pipeline.datasets.NumpyDataset
-          filepath: data/05_model_input/train_images.npy
+          filepath: data/07_model_output/embeddings.npy
     """
 
     def __init__(
