@@ -4,7 +4,7 @@
 
 Both checkouts train each task's network as configured in ``conf/base`` (no time budget,
 ``deterministic: true``, float32, ``downsample`` fixed at 1.6) on the first ``--images`` rows of
-``data/05_model_input/val_images.npy`` (written by the preprocessing pipeline on the real
+``data/05_model_input/val_images`` (written by the preprocessing pipeline on the real
 folder), validate on the next half as many, and predict the next 256. Identical predictions
 mean the refactoring left training and the served model unchanged, in minutes rather than a
 full ``make run``. The other commit is checked out with ``git worktree`` under bench/out/.
@@ -25,9 +25,10 @@ OUT = PROJECT_ROOT / "bench" / "out" / "same_training"
 
 TRAIN = """
 import sys, numpy as np, pandas as pd, yaml
+from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.pipelines.training import nodes
 task, images_count, epochs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-images = np.load("data/05_model_input/val_images.npy", mmap_mode="r")
+images = ShardedArrayDataset(filepath="data/05_model_input/val_images").load()
 labels = pd.read_parquet("data/05_model_input/val_labels.parquet")
 params = yaml.safe_load(open(f"conf/base/parameters_train_{task}.yml"))[task]
 training = {**params["training"], "epochs": epochs, "time_budget_minutes": None, "deterministic": True,

@@ -38,6 +38,7 @@ from face_pipeline.pipelines.ingestion.nodes import assign_splits, inspect_image
 from face_pipeline.pipelines.preprocessing.nodes import preprocess_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = PROJECT_ROOT / "bench" / "out" / "team_images"  # decoded shards, one folder per path
 SMALL_NETWORK = {"model": {"default_cnn": {"stem_filters": 8, "filters": [8, 16]}}}
 
 
@@ -63,16 +64,18 @@ def decoding_rates(repeat: int) -> dict:
     everything = assign_splits(select_usable_images(labelled, ingestion)[0], ingestion).assign(split="train")
     local_params = {**params["preprocessing"], "workers": 2}
     local_s, (local_images, _, _) = best_seconds(
-        lambda: preprocess_split(everything, raw, local_params, "train"), repeat
+        lambda: preprocess_split(everything, raw, local_params, "train", str(SCRATCH / "local")), repeat
     )
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
         dask_params = {**local_params, "scheduler": cluster.scheduler_address}
-        preprocess_split(everything.head(512), raw, dask_params, "train")  # connect, ship the code once
+        # connect, ship the code once
+        preprocess_split(everything.head(512), raw, dask_params, "train", str(SCRATCH / "dask"))
         dask_s, (dask_images, _, _) = best_seconds(
-            lambda: preprocess_split(everything, raw, dask_params, "train"), repeat
+            lambda: preprocess_split(everything, raw, dask_params, "train", str(SCRATCH / "dask")), repeat
         )
         close_dask_clients()
-    assert np.array_equal(local_images, dask_images), "Dask and the local pool decoded different arrays"
+    same = np.array_equal(np.asarray(local_images), np.asarray(dask_images))
+    assert same, "Dask and the local pool decoded different arrays"
     count = len(everything)
     return {
         "images": count,

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from face_pipeline.datasets import ShardedArrayDataset
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_INPUT = PROJECT_ROOT / "data" / "05_model_input"
 VIEW_SETS = {
@@ -58,7 +60,7 @@ def main() -> None:
     parser.add_argument("--zoom", type=float, default=0.04, help="fraction of the side cropped or added per edge")
     args = parser.parse_args()
 
-    images = np.load(MODEL_INPUT / "val_images.npy")
+    images = np.asarray(ShardedArrayDataset(filepath=str(MODEL_INPUT / "val_images")).load())
     truth = pd.read_parquet(MODEL_INPUT / "val_labels.parquet")[args.task].to_numpy("float32")
     network = single_view_network(keras.models.load_model(args.model))
     views = {"face": images, "in": zoomed(images, args.zoom), "out": zoomed(images, -args.zoom)}

@@ -3,7 +3,7 @@
     .venv/bin/python bench/workers.py [--workers 2] [--images 2048] [--epochs 2]
 
 Trains the default gender network (conf/base, downsample 1.6, no time budget) on the first
-``--images`` rows of ``data/05_model_input/val_images.npy`` (written by the preprocessing
+``--images`` rows of ``data/05_model_input/val_images/`` (written by the preprocessing
 pipeline on the real folder), once alone and once on ``--workers`` local workers on 127.0.0.1
 (inside ``unshare --net`` where available). Throughput is the images of the last epoch over its
 seconds, validation included; on one machine the workers share its cores, so this measures the
@@ -28,10 +28,11 @@ OUT = PROJECT_ROOT / "bench" / "out" / "workers"
 TRAIN = """
 import json, sys
 import numpy as np, pandas as pd, yaml
+from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.distribute import cluster_from_environment
 from face_pipeline.pipelines.training import nodes
 count, epochs, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-images = np.load("data/05_model_input/val_images.npy", mmap_mode="r")
+images = ShardedArrayDataset(filepath="data/05_model_input/val_images").load()
 labels = pd.read_parquet("data/05_model_input/val_labels.parquet")
 params = yaml.safe_load(open("conf/base/parameters_train_gender.yml"))["gender"]
 training = {**params["training"], "epochs": epochs, "time_budget_minutes": None, "backup_dir": None,

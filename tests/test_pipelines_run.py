@@ -17,6 +17,7 @@ import yaml
 from conftest import PROJECT_ROOT, kedro, run_in_process, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 
+from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.pipeline_registry import register_pipelines
 
 
@@ -40,7 +41,7 @@ def test_ingestion_then_preprocessing(project, tmp_path, monkeypatch):
     model_input = project / "data/05_model_input"
     total = 0
     for split in ("train", "val", "test"):
-        images = np.load(model_input / f"{split}_images.npy", mmap_mode="r")
+        images = ShardedArrayDataset(filepath=str(model_input / f"{split}_images")).load()
         split_labels = pd.read_parquet(model_input / f"{split}_labels.parquet")
         assert images.shape == (len(split_labels), 128, 128, 1)
         assert images.dtype == np.uint8

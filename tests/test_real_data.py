@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 from conftest import kedro
 
+from face_pipeline.datasets import ShardedArrayDataset
+from face_pipeline.pipelines.ingestion.nodes import SPLITS
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not os.environ.get("FACE_DATA_DIR"), reason="set FACE_DATA_DIR to the UTKFace folder"),
@@ -28,7 +31,7 @@ def test_whole_utkface_folder_goes_through_both_pipelines(project):
     for name in ("39_1_20170116174525125.jpg.chip.jpg", "55_0_0_20170116232725357jpg.chip.jpg"):
         if (folder / name).exists():
             assert name in ids
-    arrays = [np.load(project / f"data/05_model_input/{s}_images.npy", mmap_mode="r") for s in ("train", "val", "test")]
+    arrays = [ShardedArrayDataset(filepath=str(project / f"data/05_model_input/{s}_images")).load() for s in SPLITS]
     assert sum(len(a) for a in arrays) == len(manifest)
 
 

@@ -6,7 +6,6 @@ inside a private network namespace whose only interface is loopback, so nothing 
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ distributed = pytest.importorskip("distributed", reason="the team extra is not i
 psycopg = pytest.importorskip("psycopg", reason="the team extra is not installed")
 
 from face_pipeline import stack as team_stack  # noqa: E402
+from face_pipeline.datasets import ShardedArrayDataset  # noqa: E402
 
 pytestmark = pytest.mark.team
 
@@ -126,9 +126,14 @@ def run_kedro(project: Path, env: dict[str, str], *args: str) -> subprocess.Comp
     )
 
 
-def load_npy(storage, path: str) -> np.ndarray:
-    with storage.open(path, "rb") as stream:
-        return np.load(io.BytesIO(stream.read()), allow_pickle=False)
+def load_sharded(env: dict[str, str], path: str) -> np.ndarray:
+    """The sharded array in the bucket at ``path``, read as the team catalog reads it."""
+    credentials = {
+        "key": env["AWS_ACCESS_KEY_ID"],
+        "secret": env["AWS_SECRET_ACCESS_KEY"],
+        "client_kwargs": {"endpoint_url": env["AWS_ENDPOINT_URL"]},
+    }
+    return np.asarray(ShardedArrayDataset(filepath=f"s3://{path}", credentials=credentials).load())
 
 
 def query(backend_uri: str, sql: str, *args) -> list[tuple]:
@@ -226,8 +231,9 @@ def test_team_run_on_s3_dask_and_the_tracking_server(stack, dask_cluster, tmp_pa
     # The arrays in the bucket are those of a local run on the same images.
     expected_chunks = 0
     for split in ("train", "val", "test"):
-        remote = load_npy(storage, f"{data}/05_model_input/{split}_images.npy")
-        np.testing.assert_array_equal(remote, np.load(local / f"data/05_model_input/{split}_images.npy"))
+        remote = load_sharded(stack.env, f"{data}/05_model_input/{split}_images")
+        local_images = ShardedArrayDataset(filepath=str(local / f"data/05_model_input/{split}_images")).load()
+        np.testing.assert_array_equal(remote, np.asarray(local_images))
         with storage.open(f"{data}/05_model_input/{split}_labels.parquet", "rb") as stream:
             labels = pd.read_parquet(stream)
         pd.testing.assert_frame_equal(labels, pd.read_parquet(local / f"data/05_model_input/{split}_labels.parquet"))

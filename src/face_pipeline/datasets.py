@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import io
 import json
+import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from copy import deepcopy
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -31,11 +35,11 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
     large image array is paged in as it is read instead of being copied into
     RAM up front. Remote files are read into memory.
 
-    Example::
+    For arrays that fit in memory; the image splits use ``ShardedArrayDataset``. Example::
 
-        train_images:
+        embeddings:
           type: face_pipeline.datasets.NumpyDataset
-          filepath: data/05_model_input/train_images.npy
+          filepath: data/07_model_output/embeddings.npy
     """
 
     def __init__(
@@ -146,6 +150,273 @@ WRITE_ADVICE = {
     errno.EACCES: "make the folder writable for this user or move the data folder",
     errno.EPERM: "make the folder writable for this user or move the data folder",
 }
+
+
+INDEX_FILE = "index.json"
+SHARD_NAME = "shard-{:05d}.npy"
+
+
+@dataclass
+class ArrayStream:
+    """Chunks of one array to save with ``ShardedArrayDataset``, produced as they are iterated.
+
+    ``attrs`` is saved in the index once every chunk is written, so a producer can record there
+    what it learnt on the way (e.g. the rows it left out).
+    """
+
+    chunks: Iterable[np.ndarray]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.chunks)
+
+
+def _release_pages(array: np.ndarray) -> None:
+    """Drop a memory-mapped shard's pages from this process (they stay in the page cache).
+
+    Without it every page a gather touched stays counted in the resident set, so an epoch over
+    memory-mapped shards would grow it to the whole split's size.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+class ShardedArray:
+    """Several arrays of the same row shape read as one, without copying them together.
+
+    Indexing follows NumPy for what the project uses: an int gives a row, a slice gives a
+    ``ShardedArray`` view (no data read), an integer or boolean index array gives a new
+    ``np.ndarray`` gathered shard by shard; ``np.asarray`` copies the whole array.
+    Shards are arrays (e.g. memory-mapped) or functions returning one, called on first use.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[np.ndarray | Callable[[], np.ndarray]],
+        rows: Sequence[int],
+        row_shape: tuple[int, ...],
+        dtype: np.dtype | str,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        if len(shards) != len(rows):
+            raise ValueError(f"{len(shards)} shards but {len(rows)} row counts")
+        self._shards = list(shards)
+        self._rows = [int(count) for count in rows]
+        self._starts = np.concatenate([[0], np.cumsum(self._rows, dtype=np.int64)])
+        self.dtype = np.dtype(dtype)
+        self.shape = (int(self._starts[-1]), *row_shape)
+        self.attrs = dict(attrs or {})
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def shard_count(self) -> int:
+        return len(self._shards)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ShardedArray(shape={self.shape}, dtype={self.dtype}, shards={len(self._shards)})"
+
+    def shard(self, number: int) -> np.ndarray:
+        """Shard ``number`` as an array (loaded now if it is loaded lazily)."""
+        shard = self._shards[number]
+        if callable(shard):
+            shard = self._shards[number] = shard()
+        return shard
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for number in range(len(self._shards)):
+            yield from self.shard(number)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self._gather(np.arange(len(self)))
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> Any:
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if rows is Ellipsis or rows is None:  # e.g. images[..., 0]: every row
+            return np.asarray(self)[key]
+        if isinstance(rows, (int, np.integer)):
+            result = self._row(int(rows))
+        elif isinstance(rows, slice) and rows.step in (None, 1):
+            view = self._view(*rows.indices(len(self))[:2])
+            return view[(slice(None), *rest)] if rest else view
+        elif isinstance(rows, slice):
+            result = self._gather(np.arange(*rows.indices(len(self))))
+        else:
+            result = self._gather(np.asarray(rows))
+        prefix = (slice(None),) if result.ndim == self.ndim else ()
+        return result[(*prefix, *rest)] if rest else result
+
+    def _row(self, index: int) -> np.ndarray:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of bounds for axis 0 with size {len(self)}")
+        index %= len(self)
+        number = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return np.array(self.shard(number)[index - self._starts[number]])
+
+    def _view(self, start: int, stop: int) -> ShardedArray:
+        """Rows ``start:stop`` as a ``ShardedArray`` over slices of the shards (nothing read)."""
+        stop = max(start, stop)
+        shards, rows = [], []
+        for number in range(len(self._shards)):
+            low, high = max(start, self._starts[number]), min(stop, self._starts[number + 1])
+            if low < high:
+                offset = int(self._starts[number])
+                shards.append(self.shard(number)[low - offset : high - offset])
+                rows.append(int(high - low))
+        return ShardedArray(shards, rows, self.shape[1:], self.dtype, self.attrs)
+
+    def _gather(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` (in that order) copied out of the shards, one shard at a time."""
+        if indices.dtype == bool:
+            if indices.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {indices.shape} for {len(self)} rows")
+            indices = np.flatnonzero(indices)
+        if indices.size and not np.issubdtype(indices.dtype, np.integer):
+            raise IndexError(f"arrays used as indices must be of integer type, not {indices.dtype}")
+        indices = indices.astype(np.int64, copy=False).reshape(-1)
+        if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
+            raise IndexError(f"index out of bounds for axis 0 with size {len(self)}")
+        indices = indices % max(len(self), 1)
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        bounds = np.searchsorted(ordered, self._starts)
+        for number in range(len(self._shards)):
+            low, high = bounds[number], bounds[number + 1]
+            if low == high:
+                continue
+            shard = self.shard(number)
+            out[order[low:high]] = shard[ordered[low:high] - self._starts[number]]
+            _release_pages(shard)
+        return out
+
+
+class ShardedArrayDataset(AbstractDataset[Iterable[np.ndarray] | np.ndarray, ShardedArray]):
+    """An array stored as a folder of ``.npy`` shards and an index, on any fsspec filesystem.
+
+    ``save`` takes an ``np.ndarray`` (cut into shards of ``shard_rows``) or any iterable of
+    arrays, e.g. an ``ArrayStream`` or a generator: each array becomes one shard, written as it
+    arrives, so the whole array is never in memory. Each shard is written under a temporary
+    name and renamed; ``index.json`` (shard files, row counts, shape, dtype, attrs) comes last,
+    and the old index is removed first: a folder without an index is an unfinished save.
+
+    ``load`` returns a ``ShardedArray``: local shards memory-mapped, remote ones read into
+    memory one shard at a time as they are first used.
+
+    Example::
+
+        train_images:
+          type: face_pipeline.datasets.ShardedArrayDataset
+          filepath: data/05_model_input/train_images
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        shard_rows: int = 4096,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        protocol, path = get_protocol_and_path(filepath)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **deepcopy(fs_args or {}))
+        self._path = get_filepath_str(PurePosixPath(path), protocol)
+        self._shard_rows = max(1, int(shard_rows))
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._path, "protocol": self._protocol, "shard_rows": self._shard_rows}
+
+    def _file(self, name: str) -> str:
+        return f"{self._path.rstrip('/')}/{name}"
+
+    def _exists(self) -> bool:
+        return self._fs.exists(self._file(INDEX_FILE))
+
+    def save(self, data: Iterable[np.ndarray] | np.ndarray) -> None:
+        if isinstance(data, np.ndarray):
+            data = [data[start : start + self._shard_rows] for start in range(0, len(data), self._shard_rows)] or [data]
+        if self._fs.exists(self._path):
+            self._fs.rm(self._path, recursive=True)
+        self._fs.mkdirs(self._path, exist_ok=True)
+        shards: list[dict[str, Any]] = []
+        row_shape, dtype = None, None
+        for item in data:
+            chunk = np.asarray(item)
+            if row_shape is None:
+                row_shape, dtype = chunk.shape[1:], chunk.dtype
+            elif (chunk.shape[1:], chunk.dtype) != (row_shape, dtype):
+                raise DatasetError(
+                    f"{self._path}: chunk of shape {chunk.shape} {chunk.dtype} after rows of {row_shape} {dtype}"
+                )
+            if len(chunk):
+                shards.append({"file": SHARD_NAME.format(len(shards)), "rows": len(chunk)})
+                self._write_then_rename(shards[-1]["file"], partial(np.save, arr=chunk, allow_pickle=False))
+        if row_shape is None:
+            raise DatasetError(f"{self._path}: nothing to save (no chunk, not even an empty one)")
+        index = {
+            "shape": [sum(shard["rows"] for shard in shards), *row_shape],
+            "dtype": dtype.str,
+            "shards": shards,
+            "attrs": getattr(data, "attrs", {}),
+        }
+        self._write_then_rename(INDEX_FILE, lambda stream: stream.write(json.dumps(index, indent=1).encode()))
+        self._fs.invalidate_cache(self._path)
+
+    def _write_then_rename(self, name: str, write: Callable[[Any], Any]) -> None:
+        partial_name = self._file(f".{name}.partial")
+        with self._fs.open(partial_name, mode="wb") as stream:
+            write(stream)
+        self._fs.mv(partial_name, self._file(name))
+
+    def load(self) -> ShardedArray:
+        try:
+            with self._fs.open(self._file(INDEX_FILE), "rb") as stream:
+                index = json.loads(stream.read())
+        except FileNotFoundError:
+            raise DatasetError(
+                f"{self._path} has no {INDEX_FILE}: it was not written, or its writing did not finish; "
+                "run the pipeline that writes it again"
+            ) from None
+        row_shape, dtype = tuple(index["shape"][1:]), np.dtype(index["dtype"])
+        loaders = [
+            partial(self._load_shard, shard["file"], (shard["rows"], *row_shape), dtype) for shard in index["shards"]
+        ]
+        # Local shards are mapped now, so a missing or truncated one is refused at load time.
+        shards = [load() for load in loaders] if self._protocol == "file" else loaders
+        rows = [shard["rows"] for shard in index["shards"]]
+        return ShardedArray(shards, rows, row_shape, dtype, index.get("attrs"))
+
+    def _load_shard(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        path = self._file(name)
+        try:
+            if self._protocol == "file":
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                with self._fs.open(path, mode="rb") as stream:
+                    array = np.load(io.BytesIO(stream.read()), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise DatasetError(f"{path}: unreadable shard ({reason}); write the array again") from exc
+        if array.shape != shape or array.dtype != dtype:
+            raise DatasetError(
+                f"{path}: shard of {array.shape} {array.dtype} where the index says {shape} {dtype}; "
+                "write the array again"
+            )
+        return array
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:

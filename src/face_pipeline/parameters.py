@@ -46,6 +46,7 @@ class IngestionSettings:
     max_pixels: int = 50_000_000
     workers: int | None = None
     chunk_size: int = 256
+    shard_images: int = 4096  # rows per saved .npy shard: what one shard holds in memory while written
     scheduler: str | None = None  # a Dask scheduler's address: check files on its workers
 
     @classmethod
@@ -65,6 +66,7 @@ class PreprocessingSettings:
     image: ImageSpec
     workers: int | None = None
     chunk_size: int = 256
+    shard_images: int = 4096  # rows per saved .npy shard: what one shard holds in memory while written
     scheduler: str | None = None  # a Dask scheduler's address: decode on its workers
     detection: DetectionSettings | None = None  # photos, not chips: find and align the face first
 

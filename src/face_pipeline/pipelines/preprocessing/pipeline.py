@@ -1,4 +1,4 @@
-"""Preprocessing pipeline: ``face_manifest`` + raw images -> arrays per split."""
+"""Preprocessing pipeline: ``face_manifest`` + raw images -> sharded arrays and labels per split."""
 
 from functools import partial, update_wrapper
 
@@ -6,24 +6,35 @@ from kedro.pipeline import Node, Pipeline
 
 from face_pipeline.pipelines.ingestion.nodes import SPLITS
 
-from .nodes import preprocess_split, report_failures
+from .nodes import decode_split, report_failures, split_labels
 
 
-def _for_split(split: str):
-    return update_wrapper(partial(preprocess_split, split=split), preprocess_split)
+def _for_split(func, split: str):
+    return update_wrapper(partial(func, split=split), func)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             *(
-                Node(
-                    func=_for_split(split),
-                    inputs=["face_manifest", "raw_images", "params:preprocessing"],
-                    outputs=[f"{split}_images", f"{split}_labels", f"{split}_decode_failures"],
-                    name=f"preprocess_{split}",
-                )
+                node
                 for split in SPLITS
+                for node in (
+                    # The images are decoded while the catalog writes their shards; the labels
+                    # follow from the rows that the written array says it kept.
+                    Node(
+                        func=_for_split(decode_split, split),
+                        inputs=["face_manifest", "raw_images", "params:preprocessing"],
+                        outputs=f"{split}_images",
+                        name=f"preprocess_{split}",
+                    ),
+                    Node(
+                        func=_for_split(split_labels, split),
+                        inputs=["face_manifest", f"{split}_images"],
+                        outputs=[f"{split}_labels", f"{split}_decode_failures"],
+                        name=f"label_{split}",
+                    ),
+                )
             ),
             Node(
                 func=report_failures,
