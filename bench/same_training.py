@@ -19,17 +19,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out" / "same_training"
 
 TRAIN = """
 import sys, numpy as np, pandas as pd, yaml
-from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.pipelines.training import nodes
-task, images_count, epochs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-images = ShardedArrayDataset(filepath="data/05_model_input/val_images").load()
-labels = pd.read_parquet("data/05_model_input/val_labels.parquet")
+task, images_count, epochs, out, sample = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+images = np.load(f"{sample}/images.npy", mmap_mode="r")  # plain arrays: any checkout reads them
+labels = pd.read_parquet(f"{sample}/labels.parquet")
 params = yaml.safe_load(open(f"conf/base/parameters_train_{task}.yml"))[task]
 training = {**params["training"], "epochs": epochs, "time_budget_minutes": None, "deterministic": True,
             "batch_norm_recalibration": 512, "backup_dir": None, "precision": "float32"}
@@ -42,10 +42,19 @@ np.save(out, served.predict(np.asarray(images[test]), verbose=0))
 """
 
 
+def write_sample(rows: int) -> None:
+    """The first ``rows`` validation faces as one plain ``.npy`` (and labels), which both checkouts read."""
+    from face_pipeline.datasets import ShardedArrayDataset  # noqa: PLC0415
+
+    images = ShardedArrayDataset(filepath=str(PROJECT_ROOT / "data/05_model_input/val_images")).load()
+    np.save(OUT / "images.npy", np.asarray(images[:rows]))
+    pd.read_parquet(PROJECT_ROOT / "data/05_model_input/val_labels.parquet")[:rows].to_parquet(OUT / "labels.parquet")
+
+
 def train(source: Path, task: str, images: int, epochs: int, out: Path) -> np.ndarray:
     environment = {**os.environ, "PYTHONPATH": str(source / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run(
-        [sys.executable, "-c", TRAIN, task, str(images), str(epochs), str(out)],
+        [sys.executable, "-c", TRAIN, task, str(images), str(epochs), str(out), str(OUT)],
         cwd=PROJECT_ROOT,
         env=environment,
         check=True,
@@ -61,6 +70,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["gender", "age"])
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    write_sample(args.images * 3 // 2 + 256)
     other = OUT / "checkout"
     if other.exists():
         subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=PROJECT_ROOT, check=True)
