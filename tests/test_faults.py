@@ -20,11 +20,12 @@ from conftest import copy_project
 from fake_faces import write_utkface_folder
 from kedro.io.core import DatasetError, Version
 
-from face_pipeline.datasets import NumpyDataset, partial_name, written_atomically
+from face_pipeline.datasets import NumpyDataset, ShardedArrayDataset
+from face_pipeline.files import partial_name, written_atomically
 from face_pipeline.hooks import TrackingStoreUnavailable, TrainingInProgress, check_tracking_store, lock_folder
 from face_pipeline.models import build_model
 
-ARRAYS = ("train_images.npy", "val_images.npy", "test_images.npy")
+ARRAYS = ("train_images", "val_images", "test_images")  # folders of shards
 
 
 @contextlib.contextmanager
@@ -170,16 +171,23 @@ def test_a_run_killed_while_saving_arrays_leaves_none_half_written_and_reruns_to
     log = kill_when(killed, "Saving data to train_images")
     assert killed.returncode == -signal.SIGKILL, log[-3000:]
     arrays = project / "data" / "05_model_input"
-    for name in ARRAYS:  # each array there is complete, or not there at all
-        if (arrays / name).exists():
-            np.load(arrays / name)
+    for name in ARRAYS:  # each split there is complete, or refused as unfinished
+        dataset = ShardedArrayDataset(filepath=str(arrays / name))
+        if dataset.exists():
+            np.asarray(dataset.load())
+        elif (arrays / name).exists():
+            with pytest.raises(DatasetError, match="did not finish"):
+                dataset.load()
     rerun = kedro_process(project, "run", "--pipelines", "preprocessing", env=env)
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output[-3000:]
     for name in ARRAYS:
-        expected = (trained_project / "data" / "05_model_input" / name).read_bytes()
-        assert (arrays / name).read_bytes() == expected, name
-    assert not list(arrays.glob("*.partial-*"))
+        expected = trained_project / "data" / "05_model_input" / name
+        files = sorted(path.name for path in expected.iterdir())
+        assert sorted(path.name for path in (arrays / name).iterdir()) == files, name
+        for file in files:
+            assert (arrays / name / file).read_bytes() == (expected / file).read_bytes(), (name, file)
+    assert not list(arrays.rglob("*.partial*"))
 
 
 def test_a_run_against_an_unreachable_tracking_server_stops_at_once_with_one_message(project, utkface_folder):

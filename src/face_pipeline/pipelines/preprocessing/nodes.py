@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.datasets import ArrayStream, ShardedArray, ShardedArrayDataset
+from face_pipeline.arrays import ArrayStream, ShardedArray
+from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageRejected, ImageSpec, decode_face
 from face_pipeline.parallel import map_chunks
