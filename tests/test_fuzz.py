@@ -86,7 +86,8 @@ def test_predict_command_gives_each_hostile_photo_a_row_and_reads_nothing_outsid
         result = CliRunner().invoke(cli, ["predict", str(folder), *tiny_models, "--format", "json"])
     assert stop() == []
     assert result.exit_code == 0, result.output[-3000:]
-    rows = pd.DataFrame(json.loads(result.output[result.output.index("[") :]))
+    text = result.stdout  # the JSON table starts a line of its own; a log line may come before it
+    rows = pd.DataFrame(json.loads(text[text.index("[\n") :]))
     rows["name"] = rows["file"].str.removeprefix(f"{folder}/")
     photos = {name for name in kinds if not name.startswith("dir_")}
     assert photos <= set(rows["name"])
