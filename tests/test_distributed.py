@@ -94,7 +94,8 @@ def test_two_workers_train_the_same_network_as_one_process(tmp_path):
     run = json.loads((tmp_path / "two/0/run.json").read_text())
     assert run["decisions"]["distribution_strategy"] == "MultiWorkerMirroredStrategy"
     assert run["decisions"]["workers"] == 2
-    assert not np.allclose(chief[0], weights(tmp_path / "one/0")[0] * 0)  # it did train
+    losses = run["history"]["loss"]
+    assert len(losses) == TRAINING["epochs"] and losses[-1] < losses[0]  # it did train, and learnt
 
 
 @pytest.mark.slow  # two 2-worker trainings, ~1-2 minutes; in `make test-all`

@@ -171,10 +171,11 @@ class ShardedArrayDataset(AbstractDataset[Iterable[np.ndarray] | np.ndarray, Sha
         self._fs.invalidate_cache(self._path)
 
     def _write_then_rename(self, name: str, write: Callable[[Any], Any]) -> None:
-        partial_name = self._file(f".{name}.partial")
-        with self._fs.open(partial_name, mode="wb") as stream:
+        with (
+            written_atomically(self._fs, self._file(name)) as partial_path,
+            self._fs.open(partial_path, "wb") as stream,
+        ):
             write(stream)
-        self._fs.mv(partial_name, self._file(name))
 
     def load(self) -> ShardedArray:
         try:

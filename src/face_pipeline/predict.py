@@ -204,7 +204,7 @@ class FacePredictor:
 
     def _predictions(self, rows: list[dict], inputs: np.ndarray) -> pd.DataFrame:
         types = task_columns(self.models)
-        table = pd.DataFrame(rows, columns=prediction_columns(self.models)).astype(
+        table = pd.DataFrame(rows, columns=[*FACE_COLUMNS, *types, *OUTCOME_COLUMNS]).astype(
             {name: "float64" if dtype.kind == "f" else "object" for name, dtype in types.items()} | {"reason": "object"}
         )
         if len(inputs):

@@ -9,10 +9,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 
+from face_pipeline.files import written_atomically
+
 from .budget import Plan
+
+LOCAL = fsspec.filesystem("file")
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +71,9 @@ def keep_plan(backup: Path | None, plan: Plan) -> None:
         return
     path = plan_file(backup)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps({key: value for key, value in asdict(plan).items() if key != "source"}))
-    partial.replace(path)
+    plan_values = {key: value for key, value in asdict(plan).items() if key != "source"}
+    with written_atomically(LOCAL, str(path)) as partial:
+        Path(partial).write_text(json.dumps(plan_values))
 
 
 def forget_plan(backup: Path | None) -> None:
