@@ -87,7 +87,9 @@ def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
     predictor = FacePredictor.from_settings(models, settings, workers=workers)
     files = listing.read_text().splitlines()
     photos = [(path, Path(path).read_bytes) for path in files]
-    predictor.predict(photos[:64])  # warm up: the networks' first calls, the worker pool
+    # Warm up: the networks' first calls, and enough chunks to start every worker (the peer's
+    # processes are started and loaded before its clock starts, too).
+    predictor.predict(photos[: 2 * predictor.chunk_size * (os.cpu_count() if workers == 0 else 1)])
     started = time.perf_counter()
     table = predictor.predict(photos)
     seconds = time.perf_counter() - started

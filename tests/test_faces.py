@@ -1,6 +1,7 @@
 """Face detection and alignment on a real photo that scikit-image ships (NASA's portrait of Eileen Collins)."""
 
 import threading
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -76,6 +77,45 @@ def test_aligning_an_aligned_chip_gives_back_nearly_the_same_chip():
     # For scale, on UTKFace chips: a chip shifted by 5 px differs by 14, turned by 6 degrees by 15;
     # their own detection + alignment gives them back at a median of 13 (bench/chip_geometry.py).
     assert difference < 18
+
+
+class CountingDetector:
+    """The thread's detector, counting its passes."""
+
+    def __init__(self, model):
+        self.model, self.passes = model, 0
+
+    def __call__(self, *args, **kwargs):
+        self.passes += 1
+        return self.model(*args, **kwargs)
+
+
+@pytest.fixture
+def passes(monkeypatch):
+    counting = CountingDetector(detector("short_range"))
+    monkeypatch.setattr("face_pipeline.faces.detector", lambda model: counting)
+    return counting
+
+
+def test_a_face_crop_is_found_and_measured_in_one_pass_at_the_second_passs_framing(passes):
+    settings = DetectionSettings(mode="always")
+    chip = face_chip(ASTRONAUT, find_faces(ASTRONAUT, settings)[0], settings)
+    passes.passes = 0
+    [face] = find_faces(chip, settings)
+    assert passes.passes == 1  # the crop border showed the face at context framing: no second pass
+    [measured_twice] = find_faces(chip, replace(settings, context_tolerance=0))
+    assert passes.passes == 3
+    eyes = np.hypot(*np.subtract(face.landmarks["eye_right"], face.landmarks["eye_left"]))
+    for name in CHIP.landmarks:
+        assert np.hypot(*np.subtract(face.landmarks[name], measured_twice.landmarks[name])) < 0.12 * eyes, name
+
+
+def test_a_small_face_in_a_crop_shaped_photo_is_still_found(passes):
+    """A near-square photo of at most crop_max_side whose face the wide crop border makes too small."""
+    photo = cv2.resize(ASTRONAUT, (400, 400), interpolation=cv2.INTER_AREA)
+    [face] = find_faces(photo, DetectionSettings(mode="always"))
+    assert passes.passes == 3  # crop border: nothing; border: the face; then its second pass
+    assert 130 < face.box.x < 160 and 60 < face.box.size < 100
 
 
 def test_similarity_transform_recovers_rotation_scale_and_shift():

@@ -259,3 +259,49 @@ def test_mirror_average_is_the_mean_over_the_face_and_its_mirror(tmp_path, task,
     assert not [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-5)
     assert reloaded.input_shape == model.input_shape
+
+
+def _nested(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _nested(layer)
+
+
+@pytest.mark.parametrize(("task", "loss", "mirror_average"), [("gender", None, False), ("age", "distribution", True)])
+def test_folded_batch_norms_give_the_same_outputs_with_fewer_layers(task, loss, mirror_average):
+    stats = {"mean": 40.0, "std": 10.0} if task == "age" else None
+    model = default_cnn((32, 32, 1), task, filters=[8, 16], stem_convs=2, loss=loss, label_stats=stats)
+    rng = np.random.default_rng(5)
+    for variable in model.variables:  # trained-looking weights and batch-norm statistics, all different
+        if "variance" in variable.path:
+            variable.assign(rng.uniform(0.2, 3.0, variable.shape).astype("float32"))
+        else:
+            variable.assign(variable + rng.normal(0, 0.1, variable.shape).astype("float32"))
+    served = inference_model(model, task, mirror_average=mirror_average)
+    folded = models.fold_batch_norm(served)
+    images = np.random.default_rng(6).integers(0, 256, (8, 32, 32, 1)).astype(np.float32)
+    expected = served.predict_on_batch(images)
+    assert np.ptp(expected) > (0.01 if task == "gender" else 0.1)  # answers that a wrong fold would change
+    np.testing.assert_allclose(folded.predict_on_batch(images), expected, rtol=1e-4, atol=1e-6)
+    norms = [layer for layer in _nested(served) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 6  # stem, stem_conv2 and two per stage: all follow a convolution
+    assert not [layer for layer in _nested(folded) if isinstance(layer, keras.layers.BatchNormalization)]
+    # The original is untouched and still predicts as before.
+    np.testing.assert_array_equal(served.predict_on_batch(images), expected)
+
+
+def test_a_batch_norm_that_follows_no_convolution_is_kept():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, activation="relu")(inputs)  # activation first: cannot fold
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(4)(x))
+    model = keras.Model(inputs, x)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.5, "float32"))
+    folded = models.fold_batch_norm(model)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers) == 2
+    images = np.random.default_rng(1).normal(size=(3, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(folded.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-6)

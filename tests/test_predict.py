@@ -335,3 +335,22 @@ def test_command_line_streams_csv_rows_chunk_by_chunk_with_one_header(saved_mode
     assert result.output.count("file,face,") == 1
     table = pd.read_csv(io.StringIO(result.output))
     assert len(table) == 130 and (table["status"] == "ok").all()
+
+
+def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypatch):
+    import keras  # noqa: PLC0415
+
+    from face_pipeline import models  # noqa: PLC0415
+    from face_pipeline.predict import fast_inference_model  # noqa: PLC0415
+
+    network = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4]), "gender")
+    folded = fast_inference_model(network)
+    assert folded is not network
+    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    predictor = FacePredictor({"gender": network, "age": Recorder(30)}, SPEC)
+    assert predictor.models["gender"] is not network and isinstance(predictor.models["age"], Recorder)
+    # A fold that answered differently would be refused: the network runs as it was saved.
+    wrong = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4], dropout=0.1), "gender")
+    wrong.layers[-1].bias.assign([5.0])
+    monkeypatch.setattr(models, "fold_batch_norm", lambda model: wrong)
+    assert fast_inference_model(network) is network

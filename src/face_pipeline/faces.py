@@ -92,7 +92,9 @@ class DetectionSettings:
     min_score: float = 0.5
     overlap: float = 0.3
     border: float = 0.15
+    crop_border: float = 0.435
     context: float = 2.0
+    context_tolerance: float = 0.2
     crop_max_side: int = 400
     max_side: int = 1024
     chip: ChipGeometry = field(default_factory=lambda: ChipGeometry.from_params(UTKFACE_CHIP))
@@ -234,11 +236,15 @@ def find_faces(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
     if settings.mode == "never":
         return [whole_image(rgb)]
     faces = detect(rgb, settings)
-    if not faces and settings.mode == "auto":
-        height, width = rgb.shape[:2]
-        if 0.75 <= width / height <= 1.33 and min(height, width) <= settings.crop_max_side:
-            return [whole_image(rgb)]
+    if not faces and settings.mode == "auto" and crop_shaped(rgb, settings):
+        return [whole_image(rgb)]
     return faces
+
+
+def crop_shaped(rgb: np.ndarray, settings: DetectionSettings) -> bool:
+    """Whether the image may be a face crop: near-square, its shorter side at most ``crop_max_side``."""
+    height, width = rgb.shape[:2]
+    return 0.75 <= width / height <= 1.33 and min(height, width) <= settings.crop_max_side
 
 
 def detect(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
@@ -248,16 +254,30 @@ def detect(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
     fills the frame, so each face is detected a second time in a square of ``context`` times its
     box: every face's landmarks then come from the same framing, the one the chip geometry was
     measured with. The first pass sees the photo with a ``border`` of black around it, so a face
-    that fills a tight crop is still found.
+    that fills a tight crop is still found. A crop-shaped image (``crop_shaped``) gets the wider
+    ``crop_border`` first, which shows a face framed like the training chips at ``context``
+    framing already (where that finds nothing, the photo is searched with ``border``). A face the
+    first pass saw at that framing (its square within ``context_tolerance`` of ``context`` times
+    the box, the box near its centre) keeps that pass's landmarks: a second pass would see nearly
+    the same pixels.
     """
     model = detector(settings.model)
     height, width = rgb.shape[:2]
-    side = round(max(height, width) * (1 + 2 * settings.border))
-    whole = FaceBox((width - side) // 2, (height - side) // 2, side)
+    borders = [settings.crop_border] if crop_shaped(rgb, settings) else []
+    for border in [*borders, settings.border]:
+        side = round(max(height, width) * (1 + 2 * border))
+        whole = FaceBox((width - side) // 2, (height - side) // 2, side)
+        found = model(rgb, settings.min_score, settings.overlap, whole)
+        if found:
+            break
     faces = []
-    for first in model(rgb, settings.min_score, settings.overlap, whole):
+    for first in found:
         window = round(first.box.size * settings.context)
         centre_x, centre_y = first.box.x + first.box.size / 2, first.box.y + first.box.size / 2
+        off_centre = max(abs(centre_x - width / 2), abs(centre_y - height / 2)) / first.box.size
+        if abs(whole.size / window - 1) <= settings.context_tolerance and off_centre <= settings.context_tolerance:
+            faces.append(first)
+            continue
         square = FaceBox(round(centre_x - window / 2), round(centre_y - window / 2), window)
         again = model(rgb, settings.min_score, settings.overlap, square)
         faces.append(Face(first.box, first.score, again[0].landmarks if again else first.landmarks))
