@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -344,7 +345,10 @@ def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypa
     from face_pipeline.predict import fast_inference_model  # noqa: PLC0415
 
     network = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4]), "gender")
-    folded = fast_inference_model(network)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folded = fast_inference_model(network)
+    assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert folded is not network
     assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
     predictor = FacePredictor({"gender": network, "age": Recorder(30)}, SPEC)

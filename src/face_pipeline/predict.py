@@ -117,8 +117,10 @@ def fast_inference_model(model: Any) -> Any:
     probe = np.random.default_rng(0).integers(0, 256, (4, *model.input_shape[1:])).astype(np.float32)
     try:
         folded = fold_batch_norm(model)
-        # Called directly (eagerly): predict_on_batch would trace a function for the probe's batch size.
-        outputs = [keras.ops.convert_to_numpy(network(probe, training=False)) for network in (folded, model)]
+        # Called directly (eagerly): predict_on_batch would trace a function for the probe's batch
+        # size. A tensor, not an array: Keras warns about the input structure of an array.
+        tensor = keras.ops.convert_to_tensor(probe)
+        outputs = [keras.ops.convert_to_numpy(network(tensor, training=False)) for network in (folded, model)]
         difference = np.abs(outputs[0] - outputs[1])
     except Exception as exc:  # noqa: BLE001 - an unusual model still predicts, unfolded
         logger.warning("Model %s runs unfolded: %s: %s", model.name, type(exc).__name__, exc)
