@@ -179,6 +179,8 @@ def test_detection_runs_in_many_threads_at_once():
         ({"model": "huge"}, "predict.detection.model"),
         ({"margn": 0.4}, "unknown key.*margn"),
         ({"chip": {"size": 200, "landmarks": {"eye_left": [1, 2]}}}, "at least two"),
+        ({"crop_border": -0.1}, "predict.detection.crop_border must be at least 0"),
+        ({"context_tolerance": 1.5}, "predict.detection.context_tolerance must be"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key(params, message):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from face_pipeline.alignment import ChipGeometry, Point, align, warp
-from face_pipeline.config import check_keys, require_choice
+from face_pipeline.config import ConfigError, check_keys, require_choice
 
 DETECT_MODES = ("auto", "always", "never")
 ASSETS = Path(__file__).parent / "assets"
@@ -107,6 +107,11 @@ class DetectionSettings:
         settings = cls(**values)
         require_choice(settings.mode, DETECT_MODES, f"{block}.mode")
         require_choice(settings.model, sorted(DETECTOR_MODELS), f"{block}.model")
+        for name, upper in (("border", float("inf")), ("crop_border", float("inf")), ("context_tolerance", 1.0)):
+            value = getattr(settings, name)
+            if not 0 <= value < upper:
+                limit = "at least 0" if upper == float("inf") else f"at least 0 and below {upper:g}"
+                raise ConfigError(f"{block}.{name} must be {limit}, got {value}")
         return settings
 
     def to_params(self) -> dict[str, Any]:
