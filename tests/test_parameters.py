@@ -76,6 +76,20 @@ def test_an_unknown_block_or_wrong_choice_is_refused(parameters):
         check_parameters(misspelt(parameters, "gender.task.target", "age"))
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("gender.training.epochs", 0, r"gender\.training\.epochs must be at least 1; got 0"),
+        ("age.training.learning_rate", 0.0, r"age\.training\.learning_rate must be positive; got 0\.0"),
+        ("predict.detection.crop_border", -0.1, r"predict\.detection\.crop_border must be at least 0; got -0\.1"),
+        ("predict.detection.context_tolerance", 1.5, r"context_tolerance must be at least 0 and below 1; got 1\.5"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_with_its_key(parameters, path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        check_parameters(misspelt(parameters, path, value))
+
+
 def test_keys_only_set_on_the_command_line_are_known(parameters):
     # `--params=predict.input_path=...` is read by the catalog; the predict block accepts it.
     check_parameters(misspelt(parameters, "predict.input_path", "photos/"))

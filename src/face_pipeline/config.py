@@ -64,3 +64,20 @@ def require_choice(value: Any, choices: Iterable[Any], key: str) -> None:
     choices = list(choices)
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def require_range(
+    value: Any, key: str, *, at_least: float | None = None, above: float | None = None, below: float | None = None
+) -> None:
+    """A ``ConfigError`` unless ``value`` lies within the bounds given (``at_least`` <= value, ``above`` <
+    value, value < ``below``)."""
+    number = float(value)
+    bounds = []
+    if at_least is not None:
+        bounds.append((number >= at_least, f"at least {at_least:g}"))
+    if above is not None:
+        bounds.append((number > above, "positive" if above == 0 else f"above {above:g}"))
+    if below is not None:
+        bounds.append((number < below, f"below {below:g}"))
+    if not all(within for within, _ in bounds):
+        raise ConfigError(f"{key} must be {' and '.join(text for _, text in bounds)}; got {value!r}")

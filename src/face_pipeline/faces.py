@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from face_pipeline.alignment import ChipGeometry, Point, align, warp
-from face_pipeline.config import ConfigError, check_keys, require_choice
+from face_pipeline.config import check_keys, require_choice, require_range
 
 DETECT_MODES = ("auto", "always", "never")
 ASSETS = Path(__file__).parent / "assets"
@@ -107,11 +107,9 @@ class DetectionSettings:
         settings = cls(**values)
         require_choice(settings.mode, DETECT_MODES, f"{block}.mode")
         require_choice(settings.model, sorted(DETECTOR_MODELS), f"{block}.model")
-        for name, upper in (("border", float("inf")), ("crop_border", float("inf")), ("context_tolerance", 1.0)):
-            value = getattr(settings, name)
-            if not 0 <= value < upper:
-                limit = "at least 0" if upper == float("inf") else f"at least 0 and below {upper:g}"
-                raise ConfigError(f"{block}.{name} must be {limit}, got {value}")
+        for name in ("border", "crop_border"):
+            require_range(getattr(settings, name), f"{block}.{name}", at_least=0)
+        require_range(settings.context_tolerance, f"{block}.context_tolerance", at_least=0, below=1)
         return settings
 
     def to_params(self) -> dict[str, Any]:
@@ -279,8 +277,10 @@ def detect(rgb: np.ndarray, settings: DetectionSettings) -> list[Face]:
     for first in found:
         window = round(first.box.size * settings.context)
         centre_x, centre_y = first.box.x + first.box.size / 2, first.box.y + first.box.size / 2
+        # The first pass's square is centred on the photo: was the face already framed as the second
+        # pass would frame it (its size, the face in the middle)?
         off_centre = max(abs(centre_x - width / 2), abs(centre_y - height / 2)) / first.box.size
-        if abs(whole.size / window - 1) <= settings.context_tolerance and off_centre <= settings.context_tolerance:
+        if max(abs(whole.size / window - 1), off_centre) <= settings.context_tolerance:
             faces.append(first)
             continue
         square = FaceBox(round(centre_x - window / 2), round(centre_y - window / 2), window)

