@@ -12,7 +12,8 @@ under bench/out (see bench/peer.py) and never becomes a project dependency.
 Each configuration runs in a fresh process (``--repeats N``: N times each, ours and the peer taking
 turns, medians reported): "1 core" is one process pinned to one CPU, with one thread
 everywhere (TensorFlow, OpenCV, LiteRT; the peer's ONNX Runtime and dlib), "all cores" is ours with a worker per
-core preparing photos while TensorFlow uses every core, and the peer with one process per core. Our
+core, each preparing photos and running its own copy of the networks (as on a large folder:
+``predict.worker_networks_from``), and the peer with one process per core. Our
 time includes reading and decoding the files; the peer's is given both ways. Faces/s counts faces
 found. Accuracy is over the images where a face was found (one face per image: the first). Results
 go to bench/out/predict.json and are printed as Markdown; ``--served`` adds the served model's latency.
@@ -93,12 +94,15 @@ def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
     settings = load_inference_settings(PROJECT_ROOT / "data/06_models/inference_settings.json")
     settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
     workers = 1 if cores == "1" else 0
-    predictor = FacePredictor.from_settings(models, settings, workers=workers)
+    # All cores: every worker runs its own networks, as on a large folder (worker_networks_from) and as
+    # the peer's processes do; the warm-up below keeps the start-up out of the clock on both sides.
+    predictor = FacePredictor.from_settings(models, settings, workers=workers, worker_networks_from=0)
     files = listing.read_text().splitlines()
     photos = [(path, Path(path).read_bytes) for path in files]
-    # Warm up: the networks' first calls, and enough chunks to start every worker (the peer's
+    # Warm up: every worker loads its networks, and the networks' first calls here (the peer's
     # processes are started and loaded before its clock starts, too).
-    predictor.predict(photos[: 2 * predictor.chunk_size * (os.cpu_count() if workers == 0 else 1)])
+    predictor.warm_up()
+    predictor.predict(photos[: 2 * predictor.chunk_size])
     started = time.perf_counter()
     table = predictor.predict(photos)
     seconds = time.perf_counter() - started

@@ -127,6 +127,29 @@ def test_batches_are_padded_to_a_few_fixed_shapes():
     assert model.inputs == [1]
 
 
+class ProcessId(Recorder):
+    """A stand-in network that answers the id of the process it runs in."""
+
+    def predict_on_batch(self, batch):
+        return np.full((len(batch), 1), os.getpid(), dtype=np.float32)
+
+
+def test_several_workers_each_run_their_own_copy_of_the_networks():
+    photos = [(f"{index}.jpg", PHOTO) for index in range(12)]
+    networks = {"gender": Recorder(0.5), "age": ProcessId(0)}
+    # Fewer photos than worker_networks_from: the workers prepare them, the networks run here.
+    assert set(FacePredictor(networks, SPEC, workers=2, chunk_size=2).predict(photos)["age"]) == {os.getpid()}
+    predictor = FacePredictor(networks, SPEC, workers=2, chunk_size=2, worker_networks_from=len(photos))
+    predictor.warm_up()  # otherwise the photos are predicted here until the workers have loaded their networks
+    table = predictor.predict(photos)
+    assert table["file"].tolist() == [name for name, _ in photos] and (table["status"] == "ok").all()
+    assert set(table["age"]) - {os.getpid()}  # answered in the workers
+    networks = Path(predictor._networks_file)
+    assert networks.is_file()
+    del predictor
+    assert not networks.exists()  # the pickled networks go with their predictor
+
+
 def test_loader_errors_become_rows():
     def unreadable():
         raise PermissionError("denied")
@@ -158,6 +181,20 @@ def test_versioned_folder_loads_the_latest_version(saved_models, tmp_path):
     assert load_keras_model(saved_models["gender"]).input_shape == (None, SIZE, SIZE, 1)
     with pytest.raises(FileNotFoundError, match="kedro run"):
         load_keras_model(tmp_path / "missing.keras")
+
+
+def test_keras_networks_answer_alike_in_workers_and_in_this_process(saved_models):
+    models = {task: load_keras_model(saved_models[task]) for task in ("gender", "age")}
+    photos = [(f"{index}.png", encode(Image.new("L", (40, 40), 30 * index), "PNG")) for index in range(6)]
+    tables = []
+    for workers in (1, 2):
+        predictor = FacePredictor(
+            models, SPEC, DetectionSettings(mode="never"), workers=workers, chunk_size=2, worker_networks_from=0
+        )
+        predictor.warm_up()  # the workers load their networks
+        tables.append(predictor.predict(photos))
+    pd.testing.assert_frame_equal(*tables, atol=1e-5)
+    assert tables[0]["female_probability"].nunique() > 1  # the photos got different answers
 
 
 @pytest.mark.parametrize("output_format", ["table", "json", "csv"])

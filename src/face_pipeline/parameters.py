@@ -102,6 +102,7 @@ class PredictSettings:
     detection: DetectionSettings
     batch_size: int = 64
     workers: int | None = None
+    worker_networks_from: int = 15_000
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "predict") -> PredictSettings:

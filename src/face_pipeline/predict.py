@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
 import sys
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ import pandas as pd
 
 from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
 from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_scaled_image
-from face_pipeline.parallel import map_chunks
+from face_pipeline.parallel import chunked, map_chunks, resolve_workers, worker_pool
 from face_pipeline.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -100,18 +104,24 @@ def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.n
     return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
 
 
+def is_keras_model(model: Any) -> bool:
+    if "keras" not in sys.modules:  # not imported: cannot be a Keras model
+        return False
+    import keras  # noqa: PLC0415
+
+    return isinstance(model, keras.Model)
+
+
 def fast_inference_model(model: Any) -> Any:
     """``model`` with its batch norms folded into its convolutions (``models.fold_batch_norm``) when
     that gives the same outputs (within 1e-3) on a probe batch; otherwise ``model`` itself.
 
     Anything that is not a Keras model (a stand-in in tests) is returned as it is.
     """
-    if "keras" not in sys.modules:  # not imported: cannot be a Keras model
+    if not is_keras_model(model):
         return model
     import keras  # noqa: PLC0415
 
-    if not isinstance(model, keras.Model):
-        return model
     from face_pipeline.models import fold_batch_norm  # noqa: PLC0415 - TensorFlow, only with a Keras model
 
     probe = np.random.default_rng(0).integers(0, 256, (4, *model.input_shape[1:])).astype(np.float32)
@@ -188,16 +198,93 @@ def prepare_photos(
     return rows, np.stack(inputs) if inputs else np.empty((0, *spec.shape), dtype=np.uint8)
 
 
+def prediction_table(
+    models: Mapping[str, Any],
+    rows: list[dict],
+    inputs: np.ndarray,
+    batch_size: int,
+    run_networks: Callable[..., Iterable[np.ndarray]] = map,
+) -> pd.DataFrame:
+    """``rows`` of prepared photos (``prepare_photos``) with each task's predictions on ``inputs``.
+
+    ``run_networks`` maps a function over the networks (``map``: one after the other).
+    """
+    types = task_columns(models)
+    table = pd.DataFrame(rows, columns=[*FACE_COLUMNS, *types, *OUTCOME_COLUMNS]).astype(
+        {name: "float64" if dtype.kind == "f" else "object" for name, dtype in types.items()} | {"reason": "object"}
+    )
+    if len(inputs):
+        ok = table["status"] == "ok"
+        outputs = run_networks(lambda model: predict_in_batches(model, inputs, batch_size), models.values())
+        for task, task_outputs in zip(models, outputs, strict=True):
+            for name, values in get_task(task).columns(task_outputs.astype(np.float64)).items():
+                table.loc[ok, name] = values
+    return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})
+
+
+_worker_networks: dict[str, Mapping[str, Any]] = {}
+
+
+def worker_networks(networks: str, tensorflow_threads: int | None, batch_size: int) -> Mapping[str, Any]:
+    """This worker process's copy of the networks pickled in the file ``networks``, loaded on first use.
+
+    TensorFlow gets ``tensorflow_threads`` threads (``None``: the networks are not Keras models).
+    Each network is called once on a batch of ``batch_size``, so that its trace is made here.
+    """
+    if networks not in _worker_networks:
+        if tensorflow_threads:
+            import tensorflow as tf  # noqa: PLC0415 - only in workers that run Keras networks
+
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(tensorflow_threads)
+                tf.config.threading.set_inter_op_parallelism_threads(tensorflow_threads)
+            except RuntimeError:  # TensorFlow already started in this worker: it keeps its threads
+                pass
+        models = pickle.loads(Path(networks).read_bytes())  # the file this run's predictor wrote
+        for model in models.values():
+            if is_keras_model(model):
+                predict_in_batches(model, np.zeros((batch_size, *model.input_shape[1:]), np.uint8), batch_size)
+        _worker_networks.clear()  # one predictor's networks at a time
+        _worker_networks[networks] = models
+    return _worker_networks[networks]
+
+
+def load_worker_networks(networks: str, tensorflow_threads: int | None, batch_size: int) -> None:
+    """``worker_networks`` loaded ahead of the photos (nothing is sent back)."""
+    worker_networks(networks, tensorflow_threads, batch_size)
+
+
+def predict_photos_in_worker(
+    photos: Sequence[tuple[str, bytes | Callable[[], bytes]]],
+    spec: ImageSpec,
+    detection: DetectionSettings,
+    networks: str,
+    tensorflow_threads: int | None,
+    batch_size: int,
+) -> pd.DataFrame:
+    """A worker process's chunk: its photos prepared, then its own networks (``worker_networks``) run on their faces."""
+    models = worker_networks(networks, tensorflow_threads, batch_size)
+    return prediction_table(models, *prepare_photos(photos, spec, detection), batch_size)
+
+
 @dataclass
 class FacePredictor:
     """Detection, alignment, ``face_input`` and one network per task, for any number of photos.
 
     ``models`` maps each task (``face_pipeline.tasks``) to its network; each adds its columns
     (``Task.columns``) to the prediction table, in that order. Keras networks run with their
-    batch norms folded (``fast_inference_model``). Photos are decoded, searched and
-    aligned ``chunk_size`` at a time in ``workers`` processes (1: in this one), while this process
-    runs the networks on the faces of earlier chunks; memory does not grow with the number of
-    photos.
+    batch norms folded (``fast_inference_model``). Photos are taken ``chunk_size`` at a time and
+    memory does not grow with the number of photos:
+
+    - one of ``workers`` (the default): this process does everything, the networks side by side
+      in threads (a served model's requests);
+    - several: worker processes decode, search and align the photos while this process runs the
+      networks on their faces;
+    - several, and at least ``worker_networks_from`` photos: each worker also runs its own copy of
+      the networks, TensorFlow on its share of the cores, as separate processes would. It scales
+      better with the cores, but every worker first imports TensorFlow and loads the networks
+      (seconds), so it pays only on large folders; meanwhile this process predicts the first
+      photos itself.
     """
 
     models: Mapping[str, Any]
@@ -206,10 +293,13 @@ class FacePredictor:
     batch_size: int = 64
     workers: int | None = 1
     chunk_size: int = 128
+    worker_networks_from: int = 15_000
 
     def __post_init__(self) -> None:
         self.models = {task: fast_inference_model(model) for task, model in self.models.items()}
         self._network_threads: ThreadPoolExecutor | None = None
+        self._networks_file: str | None = None
+        self._workers_ready = False
 
     def _networks(self) -> ThreadPoolExecutor:
         """Threads that run the networks, started on first use: one per task for each of up to four
@@ -217,6 +307,16 @@ class FacePredictor:
         if self._network_threads is None:
             self._network_threads = ThreadPoolExecutor(4 * len(self.models), thread_name_prefix="network")
         return self._network_threads
+
+    def _shared_networks(self) -> str:
+        """The networks pickled into a file for the worker processes (written once, removed with the predictor)."""
+        if self._networks_file is None:
+            handle, path = tempfile.mkstemp(prefix="face-networks-", suffix=".pickle")
+            with os.fdopen(handle, "wb") as file:
+                pickle.dump(self.models, file)
+            weakref.finalize(self, os.remove, path)
+            self._networks_file = path
+        return self._networks_file
 
     @classmethod
     def from_settings(cls, models: Mapping[str, Any], settings: dict[str, Any], **options: Any) -> FacePredictor:
@@ -231,16 +331,69 @@ class FacePredictor:
     def predict_stream(self, photos: Iterable[tuple[str, bytes | Callable[[], bytes]]]) -> Iterator[pd.DataFrame]:
         """One table per chunk of photos, in input order: one row per face found, or per photo
         without a usable face."""
-        for _, (rows, inputs) in map_chunks(
-            prepare_photos,
-            list(photos),
-            workers=self.workers,
+        photos = list(photos)
+        chunks = chunked(photos, self.chunk_size)
+        workers = resolve_workers(self.workers)
+        if workers == 1 or len(chunks) <= 1:
+            yield from map(self._predict_here, chunks)
+            return
+        if len(photos) < self.worker_networks_from:
+            preparation = {"spec": self.spec, "detection": self.detection}
+            for _, prepared in map_chunks(
+                prepare_photos, photos, workers=workers, chunk_size=self.chunk_size, description=None, **preparation
+            ):
+                yield self._predictions(*prepared)
+            return
+        options = self._worker_options(workers)
+        warming = [] if self._workers_ready else self._load_worker_networks(workers, options)
+        # A worker needs seconds to import TensorFlow and load its networks: until every one has,
+        # this process goes through the photos itself.
+        here = 0
+        while here < len(chunks) and not all(future.done() for future in warming):
+            yield self._predict_here(chunks[here])
+            here += 1
+        self._workers_ready = True
+        if len(chunks) - here <= 1:
+            yield from map(self._predict_here, chunks[here:])
+            return
+        for _, table in map_chunks(
+            predict_photos_in_worker,
+            [photo for chunk in chunks[here:] for photo in chunk],
+            workers=workers,
             chunk_size=self.chunk_size,
             description=None,
             spec=self.spec,
             detection=self.detection,
+            **options,
         ):
-            yield self._predictions(rows, inputs)
+            yield table
+
+    def warm_up(self) -> None:
+        """With several ``workers``: have each load its networks now, rather than while photos wait."""
+        workers = resolve_workers(self.workers)
+        if workers > 1 and not self._workers_ready:
+            for future in self._load_worker_networks(workers, self._worker_options(workers)):
+                future.result()
+            self._workers_ready = True
+
+    def _worker_options(self, workers: int) -> dict[str, Any]:
+        """What ``predict_photos_in_worker`` needs besides the photos."""
+        # Each worker runs the whole path, networks included, like separate processes: networks in
+        # this process would compete with the workers for the cores (1.1-1.4x, see docs/benchmarks.md).
+        keras_networks = any(is_keras_model(model) for model in self.models.values())
+        return {
+            "networks": self._shared_networks(),
+            "tensorflow_threads": max(1, (os.cpu_count() or 1) // workers) if keras_networks else None,
+            "batch_size": self.batch_size,
+        }
+
+    def _load_worker_networks(self, workers: int, options: dict[str, Any]) -> list[Future]:
+        pool = worker_pool(workers, __name__)
+        return [pool.submit(load_worker_networks, **options) for _ in range(workers)]
+
+    def _predict_here(self, photos: Sequence[tuple[str, bytes | Callable[[], bytes]]]) -> pd.DataFrame:
+        """A chunk of photos prepared and predicted in this process."""
+        return self._predictions(*prepare_photos(photos, self.spec, self.detection))
 
     def predict(self, photos: Iterable[tuple[str, bytes | Callable[[], bytes]]]) -> pd.DataFrame:
         """One row per face found (or per photo without a usable face), in input order."""
@@ -248,18 +401,6 @@ class FacePredictor:
         return pd.concat(tables, ignore_index=True) if tables else self._predictions([], np.empty(0))
 
     def _predictions(self, rows: list[dict], inputs: np.ndarray) -> pd.DataFrame:
-        types = task_columns(self.models)
-        table = pd.DataFrame(rows, columns=[*FACE_COLUMNS, *types, *OUTCOME_COLUMNS]).astype(
-            {name: "float64" if dtype.kind == "f" else "object" for name, dtype in types.items()} | {"reason": "object"}
-        )
-        if len(inputs):
-            ok = table["status"] == "ok"
-            # The networks run side by side: TensorFlow releases the GIL, and two half-used thread
-            # pools keep the cores busier than one network after the other (1.2-1.9x on 2 cores).
-            outputs = self._networks().map(
-                lambda model: predict_in_batches(model, inputs, self.batch_size), self.models.values()
-            )
-            for task, task_outputs in zip(self.models, outputs, strict=True):
-                for name, values in get_task(task).columns(task_outputs.astype(np.float64)).items():
-                    table.loc[ok, name] = values
-        return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})
+        # The networks run side by side: TensorFlow releases the GIL, and two half-used thread pools
+        # keep the cores busier than one network after the other (1.2-1.9x on 2 cores).
+        return prediction_table(self.models, rows, inputs, self.batch_size, self._networks().map)

@@ -31,6 +31,7 @@ def predict_faces(
         inference_settings,
         batch_size=int(predict["batch_size"]),
         workers=predict["workers"],
+        worker_networks_from=int(predict["worker_networks_from"]),
     )
     started = time.perf_counter()
     table = predictor.predict(photos.items())
