@@ -222,7 +222,7 @@ def prediction_table(
     return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})
 
 
-_worker_networks: dict[str, Mapping[str, Any]] = {}
+_loaded_networks: dict[str, Mapping[str, Any]] = {}
 
 
 def worker_networks(networks: str, tensorflow_threads: int | None, batch_size: int) -> Mapping[str, Any]:
@@ -231,7 +231,7 @@ def worker_networks(networks: str, tensorflow_threads: int | None, batch_size: i
     TensorFlow gets ``tensorflow_threads`` threads (``None``: the networks are not Keras models).
     Each network is called once on a batch of ``batch_size``, so that its trace is made here.
     """
-    if networks not in _worker_networks:
+    if networks not in _loaded_networks:
         if tensorflow_threads:
             import tensorflow as tf  # noqa: PLC0415 - only in workers that run Keras networks
 
@@ -244,9 +244,9 @@ def worker_networks(networks: str, tensorflow_threads: int | None, batch_size: i
         for model in models.values():
             if is_keras_model(model):
                 predict_in_batches(model, np.zeros((batch_size, *model.input_shape[1:]), np.uint8), batch_size)
-        _worker_networks.clear()  # one predictor's networks at a time
-        _worker_networks[networks] = models
-    return _worker_networks[networks]
+        _loaded_networks.clear()  # one predictor's networks at a time
+        _loaded_networks[networks] = models
+    return _loaded_networks[networks]
 
 
 def load_worker_networks(networks: str, tensorflow_threads: int | None, batch_size: int) -> None:
