@@ -358,7 +358,7 @@ class FacePredictor:
             return
         for _, table in map_chunks(
             predict_photos_in_worker,
-            [photo for chunk in chunks[here:] for photo in chunk],
+            photos[here * self.chunk_size :],
             workers=workers,
             chunk_size=self.chunk_size,
             description=None,
