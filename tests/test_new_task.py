@@ -17,7 +17,16 @@ from fake_faces import encode, face_like, write_utkface_folder
 from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageSpec
 from face_pipeline.predict import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor
-from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, gender_scores, register, unregister
+from face_pipeline.tasks import (
+    GENDER,
+    TASKS,
+    Task,
+    gender_metrics,
+    gender_scores,
+    register,
+    served_output,
+    unregister,
+)
 
 
 def adult_head(features, loss=None):
@@ -34,7 +43,7 @@ ADULT = Task(
     scores=gender_scores,
     headline="accuracy",
     higher_is_better=True,
-    columns=lambda probability: {"adult": np.asarray(probability) >= 0.5},
+    columns=lambda outputs, calibration: {"adult": served_output(outputs) >= 0.5},
     label=lambda labels: labels["age"] >= 18,
 )
 
@@ -68,6 +77,8 @@ def test_a_third_task_trains_evaluates_and_predicts(adult_task, tmp_path, monkey
     assert (project / "data/08_reporting/adult_worst_faces.png").exists()
     decisions = json.loads((project / "data/08_reporting/adult_training_decisions.json").read_text())
     assert decisions["epochs_run"] == 1
+    # A task without a calibration of its own saves an empty one, and predicts as its network does.
+    assert json.loads((project / "data/06_models/adult_calibration.json").read_text()) == {}
 
     import keras  # noqa: PLC0415
 

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,11 +28,12 @@ from skimage import data
 from face_pipeline.console import cli
 from face_pipeline.faces import DetectionSettings, face_chip, find_faces
 from face_pipeline.images import ImageSpec, convert_pixels, decode_face, face_input, load_image
-from face_pipeline.models import build_model, compile_model
+from face_pipeline.models import build_model, compile_model, inference_model
 from face_pipeline.predict import (
     PREDICTION_COLUMNS,
     FacePredictor,
     inference_settings,
+    load_calibration,
     load_inference_settings,
     load_keras_model,
     predict_in_batches,
@@ -43,6 +45,13 @@ SIZE = 32
 SPEC = ImageSpec(size=SIZE)
 SETTINGS = inference_settings({"image": {"size": SIZE, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})
 PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
+# Saved with the test networks: a temperature that halves every logit, and the 80 % range taken
+# as the central 90 % of the age distribution.
+CALIBRATION = {
+    "gender": {"method": "temperature", "temperature": 2.0, "uncertain_below": 0.75},
+    "age": {"method": "distribution", "level": 0.8, "distribution_level": 0.9},
+}
+ANSWER_COLUMNS = ["gender_uncertain", "age_low", "age_high"]
 CROP = encode(Image.fromarray(data.astronaut()).crop((160, 50, 300, 190)), "PNG")
 
 
@@ -163,15 +172,18 @@ def test_loader_errors_become_rows():
 def saved_models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     paths = {}
-    for task in ("gender", "age"):
-        model = build_model("default_cnn", (SIZE, SIZE, 1), task, stem_filters=4, filters=[4], batch_norm=False)
-        compile_model(model, task, 1e-3)  # saved like a trained model
+    for task, loss in (("gender", None), ("age", "distribution")):
+        model = build_model(
+            "default_cnn", (SIZE, SIZE, 1), task, stem_filters=4, filters=[4], batch_norm=False, loss=loss
+        )
+        model = inference_model(compile_model(model, task, 1e-3, loss), task)  # saved like a trained model
         # Kedro's versioned layout, two versions: the latest must win.
         for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
             path = folder / f"{task}_model.keras" / version / f"{task}_model.keras"
             path.parent.mkdir(parents=True)
             model.save(path)
         paths[task] = folder / f"{task}_model.keras"
+        (folder / f"{task}_calibration.json").write_text(json.dumps(CALIBRATION[task]))
     paths["settings"] = folder / "inference_settings.json"
     paths["settings"].write_text(json.dumps(SETTINGS))
     return paths
@@ -209,13 +221,15 @@ def test_command_line_prints_one_line_per_face(saved_models, tmp_path, output_fo
         lines = result.output.strip().splitlines()
         assert lines[0].startswith("broken.jpg  error: empty file")
         assert lines[1].startswith("photo.jpg  face 0 [")
-        assert " age " in lines[1]
+        assert re.search(r" age \d+\.\d \(\d+-\d+\)$", lines[1])  # the age and its range
     elif output_format == "json":
         records = json.loads(result.output)
         assert [r["status"] for r in records] == ["error", "ok"]
+        assert records[1]["age_low"] <= records[1]["age_high"] and records[1]["gender_uncertain"] in (True, False)
     else:
         table = pd.read_csv(io.StringIO(result.output))
         assert table["status"].tolist() == ["error", "ok"]
+        assert table.loc[1, ANSWER_COLUMNS].notna().all()
 
 
 def test_command_line_explains_a_missing_model(tmp_path):
@@ -255,7 +269,9 @@ def face_model_uri(saved_models, tmp_path_factory) -> str:
         mlflow.keras.log_model(gender, name="gender_model", pip_requirements=pinned_requirements())
         mlflow.keras.log_model(age, name="age_model", pip_requirements=pinned_requirements())
         mlflow.log_dict(SETTINGS, "inference_settings.json")
-        uri = log_face_model(gender, age, SETTINGS)
+        for task in ("gender", "age"):  # as the catalog's <task>.calibration does
+            mlflow.log_dict(CALIBRATION[task], f"{task}_calibration.json")
+        uri = log_face_model(gender, age, SETTINGS, CALIBRATION["gender"], CALIBRATION["age"])
         names = {"gender": "face_gender", "age": "face_age", "face": "face_model"}
         assert register_models(uri, {"register": False, "names": names}) == {}
         assert register_models(uri, {"register": True, "names": names}) == {
@@ -294,6 +310,8 @@ def test_served_model_in_process(face_model_uri):
     assert result["id"].tolist() == ["full", "crop"]
     assert result["status"].tolist() == ["ok", "ok"]
     assert result["age"].notna().all()
+    assert result[ANSWER_COLUMNS].notna().all().all()
+    assert (result["age_low"] <= result["age_high"]).all()
     for bad, message in [("%%%", "not valid base64"), (b64(b"hello"), "not an image"), ("", "empty")]:
         with pytest.raises(mlflow.exceptions.MlflowException, match=message):
             model.predict(pd.DataFrame({"image": [bad]}))
@@ -338,6 +356,7 @@ def test_mlflow_models_serve_end_to_end(face_model_uri):
         assert good.status_code == 200, good.text
         rows = good.json()["predictions"]
         assert [row["status"] for row in rows] == ["ok", "ok"]
+        assert all(row[column] is not None for row in rows for column in ANSWER_COLUMNS)
         bad = post(["not base64 at all!"])
         assert 400 <= bad.status_code < 500
         assert "not valid base64" in bad.json()["message"]
@@ -395,3 +414,40 @@ def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypa
     wrong.layers[-1].bias.assign([5.0])
     monkeypatch.setattr(models, "fold_batch_norm", lambda model: wrong)
     assert fast_inference_model(network) is network
+
+
+def test_every_surface_answers_with_the_saved_calibration(saved_models, face_model_uri, tmp_path):
+    """The predictor, the command line and the served model give the same calibrated answers,
+    read from the calibration saved beside the model or in its MLflow run."""
+    models = {task: load_keras_model(saved_models[task]) for task in ("gender", "age")}
+    calibration = {task: load_calibration(saved_models[task]) for task in ("gender", "age")}
+    assert calibration == CALIBRATION
+    photos = [("photo.jpg", PHOTO), ("crop.png", CROP)]
+    raw = FacePredictor.from_settings(models, SETTINGS).predict(photos)
+    calibrated = FacePredictor.from_settings(models, SETTINGS, calibration=calibration).predict(photos)
+    assert raw[ANSWER_COLUMNS[1:]].isna().all().all()  # no range without a calibration
+    # T = 2 halves the logit: the probability moves towards 0.5, on the same side.
+    logit = np.log(raw["female_probability"] / (1 - raw["female_probability"]))
+    np.testing.assert_allclose(calibrated["female_probability"], 1 / (1 + np.exp(-logit / 2)), atol=2e-4)
+    assert (calibrated["gender"] == raw["gender"]).all()
+    assert (calibrated["age_low"] <= calibrated["age"]).all() and (calibrated["age"] <= calibrated["age_high"]).all()
+    uncertain = np.maximum(calibrated["female_probability"], 1 - calibrated["female_probability"]) < 0.75
+    assert calibrated["gender_uncertain"].tolist() == uncertain.tolist()
+
+    for name, data_bytes in photos:
+        (tmp_path / name).write_bytes(data_bytes)
+    models_options = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    options = [*models_options, "--settings", str(saved_models["settings"]), "--format", "csv"]
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), str(tmp_path / "crop.png"), *options])
+    assert result.exit_code == 0, result.output
+    from_cli = pd.read_csv(io.StringIO(result.output))
+    columns = ["female_probability", "age", "age_low", "age_high"]
+    np.testing.assert_allclose(from_cli[columns], calibrated[columns].astype(float), atol=1e-4)
+
+    run_id = mlflow.last_active_run().info.run_id
+    assert load_calibration(f"runs:/{run_id}/age_model") == CALIBRATION["age"]
+    served = mlflow.pyfunc.load_model(face_model_uri)
+    answers = served.predict(pd.DataFrame({"id": [name for name, _ in photos], "image": [b64(p) for _, p in photos]}))
+    np.testing.assert_allclose(answers[columns], calibrated[columns].astype(float), atol=1e-4)
+    signature = served.metadata.get_output_schema().input_names()
+    assert set(ANSWER_COLUMNS) <= set(signature)

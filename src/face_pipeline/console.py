@@ -57,19 +57,26 @@ def predict(
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from face_pipeline.datasets import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
-    from face_pipeline.predict import FacePredictor, load_inference_settings, load_keras_model  # noqa: PLC0415
+    from face_pipeline.predict import (  # noqa: PLC0415
+        FacePredictor,
+        load_calibration,
+        load_inference_settings,
+        load_keras_model,
+    )
 
     if model_uri:
         gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"
     try:
         photos = ImageFilesDataset(paths=list(paths)).load()
-        models = {"gender": load_keras_model(gender_model), "age": load_keras_model(age_model)}
+        sources = {"gender": gender_model, "age": age_model}
+        models = {task: load_keras_model(source) for task, source in sources.items()}
+        calibration = {task: load_calibration(source) for task, source in sources.items()}
         settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
     except Exception as exc:  # a clear message instead of a traceback
         raise click.ClickException(str(exc)) from exc
     if detect:
         settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
-    predictor = FacePredictor.from_settings(models, settings, workers=workers)
+    predictor = FacePredictor.from_settings(models, settings, workers=workers, calibration=calibration)
     # Table and CSV rows are printed chunk by chunk as they come; JSON is one array at the end.
     statuses: list[str] = []
     records: list[dict] = []
@@ -89,12 +96,18 @@ def predict(
 
 
 def _print_rows(table) -> None:
+    import pandas as pd  # noqa: PLC0415
+
     for row in table.itertuples():
         name = Path(str(row.file)).name
         if row.status == "ok":
             box = f"[{row.box_x},{row.box_y} {row.box_size}px]"
-            gender = f"{row.gender} (P(female) {row.female_probability:.2f})"
-            click.echo(f"{name}  face {row.face} {box}  {gender}  age {row.age:.1f}")
+            doubt = ", uncertain" if row.gender_uncertain else ""
+            gender = f"{row.gender} (P(female) {row.female_probability:.2f}{doubt})"
+            age = f"age {row.age:.1f}"
+            if pd.notna(row.age_low):
+                age += f" ({row.age_low:.0f}-{row.age_high:.0f})"
+            click.echo(f"{name}  face {row.face} {box}  {gender}  {age}")
         else:
             click.echo(f"{name}  {row.status}: {row.reason}")
 

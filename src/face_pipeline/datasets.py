@@ -301,13 +301,35 @@ class KerasModelDataset(AbstractDataset[None, Any]):
         raise DatasetError("KerasModelDataset is read-only")
 
 
+class CalibrationDataset(AbstractDataset[None, dict[str, Any]]):
+    """The calibration saved with the model at ``source`` (``predict.load_calibration``): the same
+    path or MLflow URI a ``KerasModelDataset`` reads the model from. Read-only."""
+
+    def __init__(self, *, source: str, metadata: dict[str, Any] | None = None) -> None:
+        self._source = str(source)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"source": self._source}
+
+    def load(self) -> dict[str, Any]:
+        from face_pipeline.predict import load_calibration  # noqa: PLC0415
+
+        return load_calibration(self._source)
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("CalibrationDataset is read-only")
+
+
 class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """A dict saved as a JSON file and, in an active MLflow run, logged as that run's params.
 
     For what a node decides at run time (the epochs a time budget planned, the precision
     ``auto`` resolved to): params sit beside the configured ones in the MLflow UI, so two runs
     with equal parameters that trained different networks tell apart. Keys become
-    ``<prefix>.<key>``; values longer than MLflow's limit are cut.
+    ``<prefix>.<key>``; values longer than MLflow's limit are cut. With ``log_artifact`` the
+    file is also logged as an artifact of the run, under its own name (what ``runs:/`` URIs read
+    back with its types intact).
 
     Example::
 
@@ -317,12 +339,20 @@ class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
           prefix: "{task}.decided"
     """
 
-    def __init__(self, *, filepath: str, prefix: str = "", metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        prefix: str = "",
+        log_artifact: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         protocol, path = get_protocol_and_path(filepath)
         self._protocol = protocol
         self._fs = fsspec.filesystem(protocol)
         self._filepath = PurePosixPath(path)
         self._prefix = prefix
+        self._log_artifact = log_artifact
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
@@ -345,6 +375,8 @@ class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if mlflow.active_run() is not None:
             prefix = f"{self._prefix}." if self._prefix else ""
             mlflow.log_params({f"{prefix}{key}": str(value)[:6000] for key, value in data.items()})
+            if self._log_artifact:
+                mlflow.log_dict(data, self._filepath.name)
 
     def _exists(self) -> bool:
         return self._fs.exists(self._path())

@@ -59,7 +59,8 @@ def compile_model(
     spec = get_task(task)
     losses = spec.loss(loss)
     if isinstance(model.output, dict):
-        losses = losses if isinstance(losses, dict) else {task: losses}
+        # A served model's extra outputs (its distribution) get no loss: they are only predicted.
+        losses = losses if isinstance(losses, dict) else {task: losses, **dict.fromkeys(set(model.output) - {task})}
         missing = set(losses) ^ set(model.output)
         if missing:
             raise ValueError(f"loss {loss!r} does not fit the outputs {sorted(model.output)} of {model.name}")
@@ -74,22 +75,32 @@ def compile_model(
 
 
 def inference_model(model: keras.Model, task: str, mirror_average: bool = False) -> keras.Model:
-    """The single-output model to save and serve (a new one compiled with the task's default loss and metrics).
+    """The model to save and serve (a new one compiled with the task's default loss and metrics).
 
-    Training-only outputs (the age bins of the "distribution" loss) are dropped. With
-    ``mirror_average`` the model predicts each face and its mirror image and returns the mean
-    of the two, which evens out left/right quirks of one photo for twice the compute. The
-    saved model loads without this package.
+    Its outputs are the task's served output and, where the network predicts one, the
+    distribution it is the expectation of (``<task>_distribution``, the age bins of the
+    "distribution" loss): the prediction's range comes from it. Other training-only outputs are
+    dropped. With ``mirror_average`` the model predicts each face and its mirror image and
+    returns the mean of the two, which evens out left/right quirks of one photo for twice the
+    compute. The saved model loads without this package.
     """
     if len(model.outputs) == 1 and not mirror_average:
         return model
+    kept = [name for name in (task, f"{task}_distribution") if name in model.output_names]
     # An uncompiled view of the trained layers: a compiled model nested inside would be saved
     # with an optimizer of its own.
-    trained = keras.Model(model.inputs, model.get_layer(task).output, name=model.name)
+    outputs = {name: model.get_layer(name).output for name in kept}
+    trained = keras.Model(model.inputs, outputs if len(kept) > 1 else outputs[task], name=model.name)
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     outputs = trained(inputs)
     if mirror_average:
-        outputs = layers.Average(name=task)([outputs, trained(_mirror(inputs))])
+        mirrored = trained(_mirror(inputs))
+        if isinstance(outputs, dict):
+            outputs = {name: layers.Average(name=name)([outputs[name], mirrored[name]]) for name in kept}
+        else:
+            outputs = layers.Average(name=task)([outputs, mirrored])
+    elif isinstance(outputs, dict):  # named after the task's outputs, as the trained network's are
+        outputs = {name: layers.Identity(name=name)(outputs[name]) for name in kept}
     return compile_model(keras.Model(inputs, outputs, name=model.name), task, 1e-3)
 
 

@@ -130,14 +130,15 @@ class RegistrySettings:
 
 def _task_block(params: Mapping[str, Any], block: str) -> None:
     from face_pipeline.models import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
-    from face_pipeline.pipelines.training.settings import TrainingSettings  # noqa: PLC0415
+    from face_pipeline.pipelines.training.settings import CalibrationSettings, TrainingSettings  # noqa: PLC0415
 
-    values = check_keys(params, {"task", "model", "training"}, block)
+    values = check_keys(params, {"task", "model", "training", "calibration"}, block)
     target = check_keys(values.get("task"), {"target"}, f"{block}.task").get("target")
     if target != block:
         raise ConfigError(f"{block}.task.target must be {block!r} (the block's name); got {target!r}")
     ModelSettings.from_params(values.get("model") or {}, f"{block}.model")
     TrainingSettings.from_params(values.get("training") or {}, f"{block}.training")
+    CalibrationSettings.from_params(values.get("calibration") or {}, f"{block}.calibration")
 
 
 def _finetuning_block(params: Mapping[str, Any], block: str) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
 from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_scaled_image
 from face_pipeline.parallel import chunked, map_chunks, resolve_workers, worker_pool
-from face_pipeline.tasks import get_task
+from face_pipeline.tasks import get_task, served_output
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def task_columns(tasks: Iterable[str]) -> dict[str, np.dtype]:
     """Each task's prediction columns with their types, in order (``Task.columns`` of no outputs)."""
     columns: dict[str, np.dtype] = {}
     for task in tasks:
-        columns.update({name: values.dtype for name, values in get_task(task).columns(np.zeros(0)).items()})
+        no_outputs = {"": np.zeros(0)}
+        columns.update({name: values.dtype for name, values in get_task(task).columns(no_outputs, {}).items()})
     return columns
 
 
@@ -73,6 +74,42 @@ def load_keras_model(source: str | Path):
     return keras.models.load_model(path, safe_mode=True)
 
 
+def calibration_name(model_name: str) -> str:
+    """The calibration file saved with the model named ``model_name`` (``gender_model.keras`` ->
+    ``gender_calibration.json``, ``finetuned_age_model`` -> ``finetuned_age_calibration.json``)."""
+    stem = model_name.removesuffix(".keras").removesuffix("_model")
+    return f"{stem}_calibration.json"
+
+
+def load_calibration(source: str | Path) -> dict[str, Any]:
+    """The calibration saved with the model at ``source`` (a path or MLflow URI, as ``load_keras_model``
+    takes): the file of ``calibration_name`` beside a saved model, or that artifact of the run
+    that logged it. A model without one answers uncalibrated, with a warning."""
+    source = str(source)
+    try:
+        if source.startswith(MLFLOW_SCHEMES):
+            import mlflow  # noqa: PLC0415
+
+            if source.startswith("runs:/"):
+                run, _, name = source.removeprefix("runs:/").strip("/").partition("/")
+            else:  # a registered or logged model: the run that logged it
+                info = mlflow.models.get_model_info(source)
+                run, name = info.run_id, getattr(info, "name", None) or info.artifact_path
+            return mlflow.artifacts.load_dict(f"runs:/{run}/{calibration_name(name.rsplit('/', 1)[-1])}")
+        path = Path(source)
+        if path.parent.parent.suffix == ".keras" and path.parent.parent.name == path.name:
+            path = path.parent.parent  # a version's file in Kedro's layout: name.keras/<version>/name.keras
+        return json.loads((path.parent / calibration_name(path.name)).read_text())
+    except Exception as exc:  # noqa: BLE001 - a model from before calibration still answers
+        logger.warning(
+            "No calibration saved with %s (%s: %s): its probabilities are uncalibrated and it gives no age range",
+            source,
+            type(exc).__name__,
+            exc,
+        )
+        return {}
+
+
 def load_inference_settings(source: str | Path) -> dict[str, Any]:
     """Saved ``inference_settings``: a JSON file, or the artifact of an MLflow run (``runs:/<run id>``)."""
     source = str(source)
@@ -87,21 +124,34 @@ def load_inference_settings(source: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """One output per image, ``images`` fed to the model ``batch_size`` at a time (works on memmaps).
+def network_outputs(model, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Every output of ``model`` per image, by name, ``images`` fed ``batch_size`` at a time (works on memmaps).
+
+    An output of one value per image is an ``(N,)`` array, one of several (a distribution over
+    ages) ``(N, k)``. A model with a single output (not a dict) gives it under the name ``""``.
 
     A shorter batch is padded to the next power of two: Keras traces its predict function anew
     for every batch shape it has not seen, which costs far more than the padding (faces come in
     batches of any size: one per request, or however many a chunk of photos held).
     """
-    outputs = []
+    batches: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size])
         shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
         if shape > len(batch):
             batch = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), batch.dtype)])
-        outputs.append(np.asarray(model.predict_on_batch(batch)).reshape(shape, -1)[: len(images) - start, 0])
-    return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
+        output = model.predict_on_batch(batch)
+        for name, batch_values in (output if isinstance(output, dict) else {"": output}).items():
+            values = np.asarray(batch_values).reshape(shape, -1)[: len(images) - start]
+            batches.setdefault(name, []).append(values[:, 0] if values.shape[1] == 1 else values)
+    if not batches:
+        return {"": np.empty(0, dtype=np.float32)}
+    return {name: np.concatenate(values) for name, values in batches.items()}
+
+
+def predict_in_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The served output of ``model`` per image (``network_outputs`` without the distributions)."""
+    return served_output(network_outputs(model, images, batch_size))
 
 
 def is_keras_model(model: Any) -> bool:
@@ -130,7 +180,11 @@ def fast_inference_model(model: Any) -> Any:
         # Called directly (eagerly): predict_on_batch would trace a function for the probe's batch
         # size. A tensor, not an array: Keras warns about the input structure of an array.
         tensor = keras.ops.convert_to_tensor(probe)
-        outputs = [keras.ops.convert_to_numpy(network(tensor, training=False)) for network in (folded, model)]
+        # Every output side by side (the age network also answers its distribution).
+        outputs = [
+            np.concatenate([keras.ops.convert_to_numpy(values).reshape(len(probe), -1) for values in flat], axis=1)
+            for flat in (keras.tree.flatten(network(tensor, training=False)) for network in (folded, model))
+        ]
         difference = np.abs(outputs[0] - outputs[1])
     except Exception as exc:  # noqa: BLE001 - an unusual model still predicts, unfolded
         logger.warning("Model %s runs unfolded: %s: %s", model.name, type(exc).__name__, exc)
@@ -203,21 +257,25 @@ def prediction_table(
     rows: list[dict],
     inputs: np.ndarray,
     batch_size: int,
-    run_networks: Callable[..., Iterable[np.ndarray]] = map,
+    run_networks: Callable[..., Iterable[Mapping[str, np.ndarray]]] = map,
+    calibration: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """``rows`` of prepared photos (``prepare_photos``) with each task's predictions on ``inputs``.
 
-    ``run_networks`` maps a function over the networks (``map``: one after the other).
+    ``run_networks`` maps a function over the networks (``map``: one after the other); each
+    task's columns are calibrated by ``calibration[task]`` (``Task.calibrate``), if given.
     """
+    calibration = calibration or {}
     types = task_columns(models)
     table = pd.DataFrame(rows, columns=[*FACE_COLUMNS, *types, *OUTCOME_COLUMNS]).astype(
-        {name: "float64" if dtype.kind == "f" else "object" for name, dtype in types.items()} | {"reason": "object"}
+        {name: {"f": "float64", "b": "boolean"}.get(dtype.kind, "object") for name, dtype in types.items()}
+        | {"reason": "object"}
     )
     if len(inputs):
         ok = table["status"] == "ok"
-        outputs = run_networks(lambda model: predict_in_batches(model, inputs, batch_size), models.values())
+        outputs = run_networks(lambda model: network_outputs(model, inputs, batch_size), models.values())
         for task, task_outputs in zip(models, outputs, strict=True):
-            for name, values in get_task(task).columns(task_outputs.astype(np.float64)).items():
+            for name, values in get_task(task).columns(task_outputs, calibration.get(task, {})).items():
                 table.loc[ok, name] = values
     return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})
 
@@ -261,10 +319,11 @@ def predict_photos_in_worker(
     networks: str,
     tensorflow_threads: int | None,
     batch_size: int,
+    calibration: Mapping[str, Mapping[str, Any]],
 ) -> pd.DataFrame:
     """A worker process's chunk: its photos prepared, then its own networks (``worker_networks``) run on their faces."""
     models = worker_networks(networks, tensorflow_threads, batch_size)
-    return prediction_table(models, *prepare_photos(photos, spec, detection), batch_size)
+    return prediction_table(models, *prepare_photos(photos, spec, detection), batch_size, calibration=calibration)
 
 
 @dataclass
@@ -272,9 +331,10 @@ class FacePredictor:
     """Detection, alignment, ``face_input`` and one network per task, for any number of photos.
 
     ``models`` maps each task (``face_pipeline.tasks``) to its network; each adds its columns
-    (``Task.columns``) to the prediction table, in that order. Keras networks run with their
-    batch norms folded (``fast_inference_model``). Photos are taken ``chunk_size`` at a time and
-    memory does not grow with the number of photos:
+    (``Task.columns``) to the prediction table, in that order, calibrated by ``calibration[task]``
+    (fitted after training, saved with the model; none: the network's own output, no age range).
+    Keras networks run with their batch norms folded (``fast_inference_model``). Photos are
+    taken ``chunk_size`` at a time and memory does not grow with the number of photos:
 
     - one of ``workers`` (the default): this process does everything, the networks side by side
       in threads (a served model's requests);
@@ -294,6 +354,7 @@ class FacePredictor:
     workers: int | None = 1
     chunk_size: int = 128
     worker_networks_from: int = 15_000
+    calibration: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.models = {task: fast_inference_model(model) for task, model in self.models.items()}
@@ -385,11 +446,13 @@ class FacePredictor:
             "networks": self._shared_networks(),
             "tensorflow_threads": max(1, (os.cpu_count() or 1) // workers) if keras_networks else None,
             "batch_size": self.batch_size,
+            "calibration": self.calibration,
         }
 
     def _load_worker_networks(self, workers: int, options: dict[str, Any]) -> list[Future]:
         pool = worker_pool(workers, __name__)
-        return [pool.submit(load_worker_networks, **options) for _ in range(workers)]
+        networks = (options["networks"], options["tensorflow_threads"], options["batch_size"])
+        return [pool.submit(load_worker_networks, *networks) for _ in range(workers)]
 
     def _predict_here(self, photos: Sequence[tuple[str, bytes | Callable[[], bytes]]]) -> pd.DataFrame:
         """A chunk of photos prepared and predicted in this process."""
@@ -403,4 +466,4 @@ class FacePredictor:
     def _predictions(self, rows: list[dict], inputs: np.ndarray) -> pd.DataFrame:
         # The networks run side by side: TensorFlow releases the GIL, and two half-used thread pools
         # keep the cores busier than one network after the other (1.2-1.9x on 2 cores).
-        return prediction_table(self.models, rows, inputs, self.batch_size, self._networks().map)
+        return prediction_table(self.models, rows, inputs, self.batch_size, self._networks().map, self.calibration)

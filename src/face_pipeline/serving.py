@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import os
@@ -28,11 +29,13 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.types import ColSpec, Schema
 
 import face_pipeline
 from face_pipeline.images import ImageRejected, open_image
-from face_pipeline.predict import SERVED_TASKS
+from face_pipeline.predict import FACE_COLUMNS, SERVED_TASKS, task_columns
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +124,7 @@ class FaceModel(mlflow.pyfunc.PythonModel):
                 for task in SERVED_TASKS
             },
             config["inference_settings"],
+            calibration=config.get("calibration", {}),
         )
         self.max_pixels = self.predictor.spec.max_pixels
         if os.environ.get(SCORING_SERVER_MODEL_PATH):  # loaded by `mlflow models serve`
@@ -287,14 +291,49 @@ def pinned_requirements(requirements: tuple[tuple[str, ...], ...] = NETWORK_REQU
     return pins
 
 
-def log_face_model(gender_model, age_model, inference_settings: dict[str, Any]) -> str:
+def output_signature() -> ModelSignature:
+    """The served model's answer, one row per face: the photo's ``id``, the face's box, each task's
+    columns (``Task.columns``: gender, calibrated P(female), gender_uncertain, age, age_low,
+    age_high) and the outcome. Inputs are not enforced by MLflow: ``decode_payload`` checks them
+    with messages that name the row."""
+    kinds = {"f": "double", "b": "boolean"}
+    columns = [ColSpec("string", "id"), *(ColSpec("long", name, required=False) for name in FACE_COLUMNS[1:])]
+    columns += [
+        ColSpec(kinds.get(dtype.kind, "string"), name, required=False)
+        for name, dtype in task_columns(SERVED_TASKS).items()
+    ]
+    columns += [ColSpec("string", "status"), ColSpec("string", "reason", required=False)]
+    return ModelSignature(inputs=None, outputs=Schema(columns))
+
+
+def input_example() -> pd.DataFrame:
+    """A request of one photo (a plain grey square: its answer is a row saying no face was found)."""
+    from PIL import Image  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, "PNG")
+    return pd.DataFrame({"id": ["example.png"], "image": [base64.b64encode(buffer.getvalue()).decode()]})
+
+
+def log_face_model(
+    gender_model,
+    age_model,
+    inference_settings: dict[str, Any],
+    gender_calibration: dict[str, Any] | None = None,
+    age_calibration: dict[str, Any] | None = None,
+) -> str:
     """Log the bundled model as ``face_model`` into the active MLflow run; returns its URI.
 
     Node function: kedro-mlflow's model dataset cannot attach the two networks as artifacts,
-    so the node logs the model itself (into the run kedro-mlflow opened).
+    so the node logs the model itself (into the run kedro-mlflow opened). The networks'
+    calibrations travel in its config.
     """
     # Every limit is in the config so that MLFLOW_PYFUNC_INFERENCE_CONFIG can override it when serving.
-    config = {"inference_settings": inference_settings, **asdict(SERVING_LIMITS)}
+    config = {
+        "inference_settings": inference_settings,
+        "calibration": {"gender": gender_calibration or {}, "age": age_calibration or {}},
+        **asdict(SERVING_LIMITS),
+    }
     with tempfile.TemporaryDirectory() as folder:
         paths = {"gender_model": str(Path(folder) / "gender.keras"), "age_model": str(Path(folder) / "age.keras")}
         gender_model.save(paths["gender_model"])
@@ -306,7 +345,8 @@ def log_face_model(gender_model, age_model, inference_settings: dict[str, Any]) 
             model_config=config,
             code_paths=[str(Path(face_pipeline.__file__).parent)],
             pip_requirements=pinned_requirements(SERVING_REQUIREMENTS),
-            input_example=None,
+            signature=output_signature(),
+            input_example=input_example(),
         )
     return info.model_uri
 

@@ -16,6 +16,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from face_pipeline.calibration import (
+    ECE_BINS,
+    accuracy_at_coverage,
+    age_range,
+    confidence,
+    expected_calibration_error,
+    fit_age_range,
+    fit_temperature,
+    range_scores,
+    reliability_table,
+    risk_coverage,
+    scale_temperature,
+)
+from face_pipeline.config import ConfigError
 from face_pipeline.pipelines.ingestion.nodes import GENDERS  # the label codes 0 and 1
 
 if TYPE_CHECKING:
@@ -23,7 +37,7 @@ if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
 # Keras, matplotlib and scikit-learn are imported where they are used: prediction workers import
-# this module to name the prediction columns and must not start TensorFlow.
+# this module to name the prediction columns and must not start TensorFlow (calibration is NumPy).
 
 # Ages the "distribution" loss spreads its probabilities over: one bin per year.
 AGE_BINS = np.arange(0, 121, dtype="float32")
@@ -39,9 +53,17 @@ class Task:
     function returning the Keras loss(es) for that head (a dict for a multi-output head); the
     first is the default. ``label_stats(targets)`` gives the head what it needs to know of the
     training labels. ``scores(y_true, y_pred)`` are the evaluation report's numbers;
-    ``headline`` is the one that sums a model up. ``columns(outputs)`` turns the served
-    output into the prediction table's columns. ``plots`` are the evaluation plots
+    ``headline`` is the one that sums a model up. ``plots`` are the evaluation plots
     particular to the task, ``{name: plot(test_predictions, report)}``.
+
+    What users act on is fitted after training on the validation split
+    (``face_pipeline.calibration``): ``calibrate(outputs, targets, settings)`` returns the
+    calibration (a JSON-able dict saved with the model) from the network's outputs
+    (``network_outputs``: the served one and, where there is one, its distribution);
+    ``calibrated(values, calibration)`` is the served output once calibrated (the prediction
+    evaluation scores); ``columns(outputs, calibration)`` are the prediction table's columns;
+    ``answer_scores(table)`` score those columns on a labelled evaluation table (calibration
+    error, coverage of a range).
     """
 
     name: str
@@ -51,7 +73,12 @@ class Task:
     scores: Callable[[np.ndarray, np.ndarray], dict[str, Any]]
     headline: str
     higher_is_better: bool
-    columns: Callable[[np.ndarray], dict[str, np.ndarray]]
+    columns: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict[str, np.ndarray]]
+    calibrate: Callable[[Mapping[str, np.ndarray], np.ndarray, Mapping[str, Any]], dict[str, Any]] = (
+        lambda outputs, targets, settings: {}
+    )
+    calibrated: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray] = lambda values, calibration: values
+    answer_scores: Callable[[pd.DataFrame], dict[str, Any]] = lambda table: {}
     label_stats: Callable[[np.ndarray], dict[str, float]] = lambda targets: {}
     plots: Mapping[str, Callable[[pd.DataFrame, dict[str, Any]], plt.Figure]] = field(default_factory=dict)
     describe_prediction: Callable[[float, float], str] = lambda true, predicted: (
@@ -74,6 +101,23 @@ class Task:
         if name not in self.losses:
             raise ValueError(f"loss for {self.name} must be one of {sorted(self.losses)}, got {name!r}")
         return self.losses[name]()
+
+
+def served_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The one value per image among a network's outputs (``network_outputs``), not its distribution."""
+    return next(values for values in outputs.values() if np.ndim(values) == 1)
+
+
+def distribution_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The distribution (several values per image) among a network's outputs, if it has one."""
+    return next((values for values in outputs.values() if np.ndim(values) == 2), None)
+
+
+def required_setting(settings: Mapping[str, Any], key: str, task: str) -> Any:
+    """``settings[key]`` of ``<task>.calibration``, or an error naming the key that is missing."""
+    if key not in settings:
+        raise ConfigError(f"{task}.calibration.{key} is required (see conf/base/parameters_train_{task}.yml)")
+    return settings[key]
 
 
 # ---- gender ----------------------------------------------------------------------------
@@ -111,11 +155,48 @@ def gender_scores(y_true: np.ndarray, probability: np.ndarray, threshold: float 
     }
 
 
-def gender_columns(female_probability: np.ndarray) -> dict[str, np.ndarray]:
-    female_probability = np.asarray(female_probability, dtype=np.float64)
+def calibrate_gender(outputs: Mapping[str, np.ndarray], targets: np.ndarray, settings: Mapping[str, Any]) -> dict:
+    """Temperature scaling of P(female), fitted on the validation faces; ``uncertain_below`` kept with it."""
+
+    method, uncertain_below = (required_setting(settings, key, "gender") for key in ("method", "uncertain_below"))
+    temperature = fit_temperature(targets, served_output(outputs)) if method == "temperature" else 1.0
+    return {"method": method, "temperature": temperature, "uncertain_below": float(uncertain_below)}
+
+
+def calibrated_gender(probability: np.ndarray, calibration: Mapping[str, Any]) -> np.ndarray:
+
+    return scale_temperature(probability, calibration.get("temperature", 1.0))
+
+
+def gender_uncertain(female_probability: np.ndarray, calibration: Mapping[str, Any]) -> np.ndarray:
+    """Faces whose answer is less likely than ``uncertain_below`` to be right (none without a calibration)."""
+
+    return confidence(female_probability) < float(calibration.get("uncertain_below", 0.0))
+
+
+def gender_columns(outputs: Mapping[str, np.ndarray], calibration: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    # Rounded first, so that the flag agrees with the probability the user reads.
+    female_probability = np.round(calibrated_gender(np.asarray(served_output(outputs), np.float64), calibration), 4)
     return {
         "gender": np.where(female_probability >= 0.5, GENDERS[1], GENDERS[0]).astype(object),
-        "female_probability": np.round(female_probability, 4),
+        "female_probability": female_probability,
+        "gender_uncertain": gender_uncertain(female_probability, calibration),
+    }
+
+
+def gender_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
+    """Calibration error before and after calibration, accuracy of the 90 % most confident answers,
+    and the share marked uncertain with the accuracy on the rest."""
+
+    y_true, probability = table["y_true"].to_numpy(), table["y_pred"].to_numpy()
+    answered = ~table["gender_uncertain"].to_numpy(dtype=bool)
+    correct = (probability >= 0.5) == (y_true == 1)
+    return {
+        "ece_uncalibrated": expected_calibration_error(y_true, table["y_pred_uncalibrated"].to_numpy()),
+        "ece": expected_calibration_error(y_true, probability),
+        "accuracy_at_90_coverage": accuracy_at_coverage(y_true, probability, 0.9),
+        "uncertain_share": float((~answered).mean()) if len(table) else None,
+        "accuracy_when_certain": float(correct[answered].mean()) if answered.any() else None,
     }
 
 
@@ -133,6 +214,48 @@ def plot_confusion_matrix(predictions: pd.DataFrame, report: dict[str, Any]) -> 
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(f"Gender confusion matrix (accuracy {report['accuracy']:.3f})")
+    figure.tight_layout()
+    return figure
+
+
+def plot_reliability(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    """Accuracy against confidence per bin, before and after calibration (the diagonal is perfect)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0.5, 1], [0.5, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for column, name, key in (("y_pred_uncalibrated", "network", "ece_uncalibrated"), ("y_pred", "calibrated", "ece")):
+        table = reliability_table(predictions["y_true"], predictions[column], ECE_BINS)
+        table = table[table["count"] > 0]
+        ece = report.get(key)
+        label = f"{name} (ECE {ece:.3f})" if ece is not None else name
+        axis.plot(table["confidence"], table["accuracy"], marker="o", label=label)
+    axis.set_xlim(0.5, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("confidence of the answer")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"Gender reliability ({ECE_BINS} bins)")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def plot_risk_coverage(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    """Accuracy on the answered faces against the share answered, most confident first."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    curve = risk_coverage(predictions["y_true"], predictions["y_pred"])
+    figure, axis = plt.subplots(figsize=(4.5, 3.6))
+    axis.plot(curve["coverage"], curve["accuracy"])
+    at_90 = report.get("accuracy_at_90_coverage")
+    if at_90 is not None:
+        axis.scatter([0.9], [at_90], color="black", zorder=3, label=f"90 % answered: {at_90:.3f}")
+        axis.legend(loc="lower left")
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("share of faces answered (most confident first)")
+    axis.set_ylabel("accuracy on the answered faces")
+    axis.set_title("Gender risk-coverage")
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 
@@ -163,7 +286,15 @@ GENDER = Task(
     headline="accuracy",
     higher_is_better=True,
     columns=gender_columns,
-    plots={"confusion_matrix": plot_confusion_matrix, "roc_curve": plot_roc_curve},
+    calibrate=calibrate_gender,
+    calibrated=calibrated_gender,
+    answer_scores=gender_answer_scores,
+    plots={
+        "confusion_matrix": plot_confusion_matrix,
+        "roc_curve": plot_roc_curve,
+        "reliability": plot_reliability,
+        "risk_coverage": plot_risk_coverage,
+    },
     describe_prediction=lambda true, predicted: f"true {GENDERS[int(true)]}\nP(female) {predicted:.2f}",
 )
 
@@ -245,6 +376,50 @@ def age_scores(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float = 5.0) -
     }
 
 
+def calibrate_age(outputs: Mapping[str, np.ndarray], targets: np.ndarray, settings: Mapping[str, Any]) -> dict:
+    """The age range's calibration at ``settings["level"]`` (``calibration.fit_age_range``)."""
+
+    level = required_setting(settings, "level", "age")
+    return fit_age_range(served_output(outputs), distribution_output(outputs), AGE_BINS, targets, level)
+
+
+def age_columns(outputs: Mapping[str, np.ndarray], calibration: Mapping[str, Any]) -> dict[str, np.ndarray]:
+
+    years = np.asarray(served_output(outputs), dtype=np.float64)
+    low, high = age_range(years, distribution_output(outputs), AGE_BINS, calibration)
+    return {"age": np.round(np.clip(years, 0, None), 1), "age_low": low, "age_high": high}
+
+
+def age_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
+    """How often the true age is inside the range, and the range's mean width."""
+
+    return range_scores(table["y_true"], table["age_low"], table["age_high"])
+
+
+def plot_age_ranges(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
+    """Each face's range against its true age: inside in blue, missed in red."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    sample = predictions.sample(min(len(predictions), 400), random_state=0)
+    inside = (sample["y_true"] >= sample["age_low"]) & (sample["y_true"] <= sample["age_high"])
+    for mask, color, label in ((inside, "tab:blue", "inside"), (~inside, "tab:red", "missed")):
+        rows = sample[mask]
+        axis.vlines(rows["y_true"], rows["age_low"], rows["age_high"], color=color, alpha=0.35, label=label)
+    top = max(float(predictions["y_true"].max()), float(predictions["age_high"].max(skipna=True) or 0), 1) * 1.05
+    axis.plot([0, top], [0, top], linestyle="--", color="grey")
+    axis.set_xlabel("true age (years)")
+    axis.set_ylabel("predicted range (years)")
+    coverage, width = report.get("range_coverage"), report.get("range_width")
+    title = "Age ranges"
+    if coverage is not None:
+        title += f": {coverage:.1%} inside, {width:.1f} years wide on average"
+    axis.set_title(title, fontsize=10)
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    return figure
+
+
 def plot_predicted_vs_true(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
@@ -274,9 +449,11 @@ AGE = Task(
     scores=age_scores,
     headline="mae",
     higher_is_better=False,
-    columns=lambda years: {"age": np.round(np.clip(np.asarray(years, dtype=np.float64), 0, None), 1)},
+    columns=age_columns,
+    calibrate=calibrate_age,
+    answer_scores=age_answer_scores,
     label_stats=age_label_stats,
-    plots={"predicted_vs_true": plot_predicted_vs_true},
+    plots={"predicted_vs_true": plot_predicted_vs_true, "age_ranges": plot_age_ranges},
     describe_prediction=lambda true, predicted: f"true {true:.0f}, predicted {predicted:.0f}",
 )
 

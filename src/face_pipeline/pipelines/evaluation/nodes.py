@@ -12,8 +12,8 @@ import pandas as pd
 
 from face_pipeline.parameters import EvaluationSettings
 from face_pipeline.pipelines.ingestion.nodes import GENDERS, RACES, age_bands
-from face_pipeline.predict import predict_in_batches
-from face_pipeline.tasks import age_scores, gender_scores, get_task
+from face_pipeline.predict import network_outputs
+from face_pipeline.tasks import age_scores, gender_scores, get_task, served_output
 
 __all__ = ["age_scores", "gender_scores"]  # the tasks' scores, where evaluation's readers look for them
 
@@ -23,17 +23,29 @@ GROUPINGS = ("age_band", "gender", "race")
 
 
 def predict(
-    model, images: np.ndarray, labels: pd.DataFrame, task: dict[str, Any], batch_size: int = 256
+    model,
+    calibration: dict[str, Any],
+    images: np.ndarray,
+    labels: pd.DataFrame,
+    task: dict[str, Any],
+    batch_size: int = 256,
 ) -> pd.DataFrame:
-    """One row per image: its labels, the target and the model's prediction.
+    """One row per image: its labels, the target and the model's prediction, as users get it.
 
-    The prediction is the served model's output: for gender the probability of "female", for
-    age years.
+    ``y_pred`` is the served prediction once calibrated (``Task.calibrated``): for gender the
+    probability of "female", for age years; ``y_pred_uncalibrated`` the network's own. The
+    task's other prediction columns follow (``gender_uncertain``, ``age_low``, ``age_high``).
     """
-    predictions = predict_in_batches(model, images, batch_size)
+    spec = get_task(task["target"])
+    outputs = network_outputs(model, images, batch_size)
+    network_prediction = served_output(outputs).astype(float)
     table = labels[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
-    table["y_true"] = get_task(task["target"]).targets(labels).astype(float)
-    table["y_pred"] = predictions.astype(float)
+    table["y_true"] = spec.targets(labels).astype(float)
+    table["y_pred"] = np.asarray(spec.calibrated(network_prediction, calibration), dtype=float)
+    table["y_pred_uncalibrated"] = network_prediction
+    for name, values in spec.columns(outputs, calibration).items():
+        if name not in table:  # the label columns keep their names (gender, age)
+            table[name] = values
     return table
 
 
@@ -41,7 +53,9 @@ def predict(
 
 
 def score(table: pd.DataFrame, target: str) -> dict[str, Any]:
-    return get_task(target).scores(table["y_true"].to_numpy(), table["y_pred"].to_numpy())
+    """The task's scores of the predictions, then those of the answers built on them (``Task.answer_scores``)."""
+    spec = get_task(target)
+    return {**spec.scores(table["y_true"].to_numpy(), table["y_pred"].to_numpy()), **spec.answer_scores(table)}
 
 
 def with_groups(predictions: pd.DataFrame, age_band_edges: Sequence[int]) -> pd.DataFrame:
@@ -89,13 +103,21 @@ def fairness_gaps(groups: pd.DataFrame, task: dict[str, Any], min_count: int) ->
     return gaps
 
 
-def evaluate(predictions: pd.DataFrame, groups: pd.DataFrame, task: dict[str, Any], evaluation: dict[str, Any]) -> dict:
-    """Overall scores and the fairness summary, as saved to ``08_reporting/<task>_metrics.json``."""
+def evaluate(
+    predictions: pd.DataFrame,
+    groups: pd.DataFrame,
+    calibration: dict[str, Any],
+    task: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> dict:
+    """Overall scores, the calibration they were made with and the fairness summary, as saved to
+    ``08_reporting/<task>_metrics.json``."""
     overall = score(predictions, task["target"])
     report = {
         "task": task["target"],
         "images": len(predictions),
         **overall,
+        "calibration": calibration,
         "largest_group_gap": fairness_gaps(groups, task, EvaluationSettings.from_params(evaluation).min_group_size),
     }
     logger.info(

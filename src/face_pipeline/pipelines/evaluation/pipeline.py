@@ -51,14 +51,17 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
     template = Pipeline(
         [
             Node(
-                predict, ["model", "test_images", "test_labels", "params:task"], "test_predictions", name="predict_test"
+                predict,
+                ["model", "calibration", "test_images", "test_labels", "params:task"],
+                "test_predictions",
+                name="predict_test",
             ),
             Node(
                 breakdown, ["test_predictions", "params:task", "params:evaluation"], "group_metrics", name="break_down"
             ),
             Node(
                 evaluate,
-                ["test_predictions", "group_metrics", "params:task", "params:evaluation"],
+                ["test_predictions", "group_metrics", "calibration", "params:task", "params:evaluation"],
                 "metrics",
                 name="evaluate",
             ),
@@ -72,16 +75,19 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
 
 
 def create_scoped_pipeline(task: str, scope: str, test: str = "test", model: str | None = None) -> Pipeline:
-    """``task``'s evaluation of ``model`` (default: the saved ``<task>.model``) on the split
+    """``task``'s evaluation of ``model`` (default: the saved ``<task>.model``) with its calibration
+    (the dataset named like the model, ``calibration`` for ``model``) on the split
     ``<test>_images`` / ``<test>_labels``, every output prefixed ``scope``: reports in
     ``08_reporting/<scope>_<task>_*``, MLflow metrics ``<scope>.<task>.test_*``."""
+    model = model or f"{task}.model"
     return Pipeline(
         create_pipeline(task),
         namespace=scope,
         inputs={
             "test_images": f"{test}_images",
             "test_labels": f"{test}_labels",
-            f"{task}.model": model or f"{task}.model",
+            f"{task}.model": model,
+            f"{task}.calibration": model.removesuffix("model") + "calibration",
         },
         parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
     )

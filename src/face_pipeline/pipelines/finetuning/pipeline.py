@@ -12,7 +12,7 @@ forgetting would show (``finetune_original.<task>.*``).
 from kedro.pipeline import Node, Pipeline
 
 from face_pipeline.pipelines import evaluation, preprocessing
-from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves
+from face_pipeline.pipelines.training.nodes import fit_calibration, history_as_metrics, plot_training_curves
 
 from .nodes import finetune_model, tag_lineage
 
@@ -40,6 +40,12 @@ def _task(task: str) -> Pipeline:
                 ["model", "history"],
                 name="finetune_model",
             ),
+            Node(
+                fit_calibration,
+                ["model", "val_images", "val_labels", "params:task", "params:calibration"],
+                "calibration",
+                name="fit_calibration",
+            ),
             Node(tag_lineage, ["params:base_model_source", "params:task"], "lineage", name="tag_lineage"),
             Node(history_as_metrics, "history", "metric_history", name="log_metric_history"),
             Node(_identity, "model", "mlflow_model", name="log_model_to_mlflow"),
@@ -59,6 +65,7 @@ def _task(task: str) -> Pipeline:
         },
         parameters={
             "params:task": f"params:{task}.task",
+            "params:calibration": f"params:{task}.calibration",
             "params:finetuning": "params:finetuning",
             "params:base_model_source": f"params:finetuning.base_models.{task}",
         },

@@ -18,17 +18,21 @@ def predict_faces(
     photos: dict[str, Callable[[], bytes]],
     gender_model: Any,
     age_model: Any,
+    gender_calibration: dict[str, Any],
+    age_calibration: dict[str, Any],
     inference_settings: dict[str, Any],
     predict: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per face (file, face index, box, gender, P(female), age), plus one row per photo
-    with no face or that could not be read, with the reason. Returned twice: Parquet and CSV.
+    """One row per face (file, face index, box, gender, calibrated P(female), whether that is
+    uncertain, age and its range), plus one row per photo with no face or that could not be
+    read, with the reason. Returned twice: Parquet and CSV.
 
     The photos are prepared as the models were saved to expect (``inference_settings``).
     """
     predictor = FacePredictor.from_settings(
         {"gender": gender_model, "age": age_model},
         inference_settings,
+        calibration={"gender": gender_calibration, "age": age_calibration},
         batch_size=int(predict["batch_size"]),
         workers=predict["workers"],
         worker_networks_from=int(predict["worker_networks_from"]),

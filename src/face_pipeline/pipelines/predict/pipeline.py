@@ -17,6 +17,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "predict_photos",
                     "predict_gender_model",
                     "predict_age_model",
+                    "predict_gender_calibration",
+                    "predict_age_calibration",
                     "inference_settings",
                     "params:predict",
                 ],
@@ -47,7 +49,7 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 log_face_model,
-                ["gender.model", "age.model", "inference_settings"],
+                ["gender.model", "age.model", "inference_settings", "gender.calibration", "age.calibration"],
                 "face_model_uri",
                 name="log_face_model",
             ),

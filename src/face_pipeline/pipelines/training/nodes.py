@@ -24,14 +24,15 @@ import tensorflow as tf
 from face_pipeline.config import check_keys
 from face_pipeline.distribute import Cluster, agree, cluster_from_environment, strategy_name, training_strategy
 from face_pipeline.models import ModelSettings, build_model, compile_model, inference_model, resolve_precision
+from face_pipeline.predict import network_outputs
 from face_pipeline.tasks import get_task
 
 from .backup import backup_path, data_fingerprint, forget_plan, keep_plan, saved_plan
 from .batch_norm import finish_weights
 from .budget import Plan, measure_step_seconds, plan_in_budget
 from .callbacks import EarlyStoppingKeepingLast, EpochLog, TimeLimit, metric_name
-from .data import distribute, make_dataset, model_targets
-from .settings import TrainingSettings
+from .data import distribute, make_dataset, model_targets, sample_weights
+from .settings import CalibrationSettings, TrainingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +137,13 @@ def _batches(
     """The batches of ``images``; on several workers, this worker's share of each (see ``make_dataset``)."""
     targets = model_targets(network, labels, target)
     cluster = cluster or Cluster()
+    # Loss weights for training batches only: validation scores every face alike.
+    weights = sample_weights(labels, settings.sample_weights) if shuffle else None
 
     def for_shard(shard: tuple[int, int]) -> tf.data.Dataset:
-        return make_dataset(images, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed, shard=shard)
+        return make_dataset(
+            images, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed, shard=shard, weights=weights
+        )
 
     return distribute(for_shard, strategy, cluster.workers, cluster.index)
 
@@ -301,6 +306,21 @@ def train_model(
         metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()
     }
     return served, history_by_name, decisions
+
+
+def fit_calibration(
+    model: keras.Model, val_images: np.ndarray, val_labels: pd.DataFrame, task: dict[str, Any], calibration: dict
+) -> dict[str, Any]:
+    """What makes the answers actionable, fitted on the validation split (``Task.calibrate``):
+    gender's temperature, age's range level. Saved next to the model and logged as MLflow params
+    ``<task>.calibration.*``; every prediction surface applies it."""
+    target = task_target(task)
+    spec = get_task(target)
+    settings = CalibrationSettings.from_params(calibration, f"{target}.calibration")
+    outputs = network_outputs(model, val_images, settings.batch_size)
+    fitted = spec.calibrate(outputs, spec.targets(val_labels), settings.for_task())
+    logger.info("%s calibration on %d validation images: %s", target, len(val_images), fitted)
+    return fitted
 
 
 def history_as_metrics(history: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:

@@ -1,4 +1,4 @@
-"""A task's ``training`` block as a typed, frozen object, read once and checked key by key."""
+"""A task's ``training`` and ``calibration`` blocks as typed, frozen objects, read once and checked key by key."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Any
 from face_pipeline.config import read_block, require_choice, require_range
 from face_pipeline.models import PRECISIONS
 
+from .data import SAMPLE_WEIGHTS
+
 LR_SCHEDULES = ("constant", "cosine", "plateau")
+CALIBRATION_METHODS = ("temperature", "none")
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,13 @@ class TrainingSettings:
     threads: int | None = None
     precision: str = "float32"
     backup_dir: str | None = None
+    sample_weights: str = "none"
 
     @classmethod
     def from_params(cls, params: dict[str, Any], block: str) -> TrainingSettings:
         settings = read_block(cls, params, block)
         require_choice(settings.lr_schedule, LR_SCHEDULES, f"{block}.lr_schedule")
+        require_choice(settings.sample_weights, SAMPLE_WEIGHTS, f"{block}.sample_weights")
         require_choice(settings.precision, sorted(PRECISIONS), f"{block}.precision")
         for key in ("epochs", "batch_size"):
             require_range(getattr(settings, key), f"{block}.{key}", at_least=1)
@@ -51,3 +56,31 @@ class TrainingSettings:
     def resume_key(self) -> dict[str, Any]:
         """What must be equal for a run to resume another's backup (all but where the backup is)."""
         return {key: value for key, value in asdict(self).items() if key != "backup_dir"}
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """``<task>.calibration`` in ``conf/base/parameters_train_<task>.yml``: what is fitted on the
+    validation split after training. Each task reads the keys it needs: a probability's
+    ``method`` and ``uncertain_below`` (gender), a range's ``level`` (age)."""
+
+    method: str | None = None
+    uncertain_below: float | None = None
+    level: float | None = None
+    batch_size: int = 256
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], block: str) -> CalibrationSettings:
+        settings = read_block(cls, params, block)
+        if settings.method is not None:
+            require_choice(settings.method, CALIBRATION_METHODS, f"{block}.method")
+        if settings.uncertain_below is not None:
+            require_range(settings.uncertain_below, f"{block}.uncertain_below", at_least=0.5, below=1)
+        if settings.level is not None:
+            require_range(settings.level, f"{block}.level", above=0, below=1)
+        require_range(settings.batch_size, f"{block}.batch_size", at_least=1)
+        return settings
+
+    def for_task(self) -> dict[str, Any]:
+        """The keys that were set, as ``Task.calibrate`` reads them."""
+        return {key: value for key, value in asdict(self).items() if value is not None and key != "batch_size"}
