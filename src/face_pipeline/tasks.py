@@ -453,7 +453,7 @@ AGE = Task(
     calibrate=calibrate_age,
     answer_scores=age_answer_scores,
     label_stats=age_label_stats,
-    plots={"predicted_vs_true": plot_predicted_vs_true, "age_ranges": plot_age_ranges},
+    plots={"predicted_vs_true": plot_predicted_vs_true, "ranges": plot_age_ranges},
     describe_prediction=lambda true, predicted: f"true {true:.0f}, predicted {predicted:.0f}",
 )
 
