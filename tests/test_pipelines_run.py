@@ -13,9 +13,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from conftest import PROJECT_ROOT, kedro, run_in_process, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
+from PIL import Image
 
 from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.pipeline_registry import register_pipelines
@@ -88,10 +90,20 @@ def test_a_whole_run_is_tracked_in_mlflow(trained_project):
     for metric in ("gender.loss", "gender.val_loss", "gender.val_accuracy", "gender.val_auc", "age.val_mae"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1], metric
     expected = {"gender.test_accuracy", "gender.test_roc_auc", "gender.test_log_loss", "age.test_mae"}
+    expected |= {"gender.test_ece", "gender.test_ece_uncalibrated", "gender.test_accuracy_at_90_coverage"}
+    expected |= {"age.test_range_coverage", "age.test_range_width"}
     assert expected <= set(run.data.metrics)
+    # The calibration fitted on the validation split: saved beside the model, logged as params.
+    for task, key in (("gender", "temperature"), ("age", "distribution_level")):
+        saved = json.loads((trained_project / f"data/06_models/{task}_calibration.json").read_text())
+        assert float(params[f"{task}.calibration.{key}"]) == pytest.approx(saved[key])
+        report = json.loads((trained_project / f"data/08_reporting/{task}_metrics.json").read_text())
+        assert report["calibration"] == saved
+    assert float(params["gender.calibration.temperature"]) > 0 and 0 < float(params["age.calibration.level"]) < 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gender_training_curves.png", "gender_metrics.json", "gender_confusion_matrix.png"} <= artifacts
-    assert "age_predicted_vs_true.png" in artifacts
+    assert {"gender_reliability.png", "gender_risk_coverage.png", "gender_calibration.json"} <= artifacts
+    assert {"age_predicted_vs_true.png", "age_ranges.png", "age_calibration.json"} <= artifacts
     assert (trained_project / "data/08_reporting/gender_training_curves.png").stat().st_size > 1000
 
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
@@ -123,6 +135,12 @@ def test_evaluate_saved_models_on_another_folder(trained_project, tmp_path, monk
         groups = pd.read_csv(reports / f"external_{task}_group_metrics.csv")
         assert set(groups["grouping"]) == {"age_band", "gender", "race"}
         assert (reports / f"external_{task}_worst_faces.png").stat().st_size > 1000
+        answers = pd.read_parquet(trained_project / f"data/07_model_output/external_{task}_test_predictions.parquet")
+        if task == "gender":  # calibrated, with the network's own probability beside it
+            assert {"ece", "ece_uncalibrated"} <= set(report) and "gender_uncertain" in answers
+            assert (reports / "external_gender_reliability.png").stat().st_size > 1000
+        else:
+            assert 0 <= report["range_coverage"] <= 1 and answers[["age_low", "age_high"]].notna().all().all()
         # The training run's own reports are left as they were.
         assert (reports / f"{task}_metrics.json").stat().st_mtime == training_reports[f"{task}_metrics.json"]
     assert pd.read_csv(reports / "external_rejected_images.csv")["reason"].tolist() == ["empty file"]
@@ -138,7 +156,10 @@ def test_whole_run_logs_the_served_model(trained_project):
     mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(uri)
     image = base64.b64encode(encode(face_like(1, 120))).decode()
-    assert model.predict(pd.DataFrame({"image": [image]}))["status"].tolist() == ["ok"]
+    answer = model.predict(pd.DataFrame({"image": [image]}))
+    assert answer["status"].tolist() == ["ok"]
+    assert answer[["gender_uncertain", "age_low", "age_high"]].notna().all().all()
+    assert {"age_low", "age_high", "gender_uncertain"} <= set(model.metadata.get_output_schema().input_names())
 
 
 def test_predict_pipeline_on_a_folder_and_a_file(trained_project, tmp_path):
@@ -148,7 +169,8 @@ def test_predict_pipeline_on_a_folder_and_a_file(trained_project, tmp_path):
     (photos / "broken.jpg").write_bytes(b"not a photo")
     single = tmp_path / "one.jpg"
     single.write_bytes(encode(face_like(4, 90)))
-    kedro(trained_project, "run", "--pipelines=predict", f"--params=predict.input_path={photos};{single}")
+    params = f"--params=predict.input_path={photos};{single},predict.annotate=true"
+    kedro(trained_project, "run", "--pipelines=predict", params)
     table = pd.read_csv(trained_project / "data/07_model_output/predictions.csv")
     assert pd.read_parquet(trained_project / "data/07_model_output/predictions.parquet").shape == table.shape
     by_file = table.set_index(table["file"].str.rsplit("/", n=1).str[-1])
@@ -157,6 +179,14 @@ def test_predict_pipeline_on_a_folder_and_a_file(trained_project, tmp_path):
     assert by_file.loc["broken.jpg", "status"] == "error"
     assert 0 <= by_file.loc["face.png", "female_probability"] <= 1
     assert by_file.loc["face.png", "gender"] in {"male", "female"}
+    assert by_file.loc["face.png", "age_low"] <= by_file.loc["face.png", "age_high"]
+    assert by_file.loc["face.png", "gender_uncertain"] in (True, False)
+    assert pd.isna(by_file.loc["broken.jpg", "age_low"])
+    # predict.annotate: each readable photo, with its faces drawn, through the catalog
+    annotated = trained_project / "data/08_reporting/annotated"
+    assert sorted(path.name for path in annotated.iterdir()) == ["face.png", "one.jpg"]
+    with Image.open(annotated / "face.png") as picture:
+        assert picture.size == (150, 150)
 
 
 def test_kedro_viz_export_lists_every_pipeline_and_node(project):

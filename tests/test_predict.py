@@ -451,3 +451,22 @@ def test_every_surface_answers_with_the_saved_calibration(saved_models, face_mod
     np.testing.assert_allclose(answers[columns], calibrated[columns].astype(float), atol=1e-4)
     signature = served.metadata.get_output_schema().input_names()
     assert set(ANSWER_COLUMNS) <= set(signature)
+
+
+def test_command_line_annotates_every_readable_photo(saved_models, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "photo.jpg").write_bytes(PHOTO)
+    (photos / "blank.png").write_bytes(encode(Image.new("RGB", (640, 480), (20, 20, 20)), "PNG"))
+    (photos / "notes.jpg").write_bytes(b"this is text, not a photo")
+    out = tmp_path / "out"
+    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    options = [*models, "--settings", str(saved_models["settings"]), "--annotate", str(out)]
+    result = CliRunner().invoke(cli, ["predict", str(photos), *options])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.iterdir()) == ["blank.png", "photo.jpg"]
+    with Image.open(out / "photo.jpg") as picture:
+        assert picture.size == (512, 512) and picture.format == "JPEG"
+    with Image.open(out / "blank.png") as picture:  # no face: copied, with a note
+        assert picture.size == (640, 480) and np.asarray(picture.convert("L"))[:20, :80].max() > 200
+    assert "notes.jpg: not annotated (not an image" in result.output  # named, and the others go on

@@ -42,6 +42,12 @@ def cli() -> None:
 @click.option(
     "--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
+@click.option(
+    "--annotate",
+    "annotate_dir",
+    type=click.Path(file_okay=False),
+    help="Also write each photo, at its size, with every face's box and label into this folder.",
+)
 def predict(
     paths: tuple[str, ...],
     model_uri: str | None,
@@ -51,6 +57,7 @@ def predict(
     detect: str | None,
     workers: int,
     output_format: str,
+    annotate_dir: str | None,
 ) -> None:
     """Print gender and age for every face in PATHS (photos, folders or fsspec URLs), one line per face."""
     import os  # noqa: PLC0415
@@ -80,8 +87,11 @@ def predict(
     # Table and CSV rows are printed chunk by chunk as they come; JSON is one array at the end.
     statuses: list[str] = []
     records: list[dict] = []
+    taken: set[str] = set()
     for index, chunk in enumerate(predictor.predict_stream(photos.items())):
         statuses.extend(chunk["status"])
+        if annotate_dir:
+            _write_annotated(chunk, photos, Path(annotate_dir), taken, predictor.spec.max_pixels)
         if output_format == "csv":
             chunk.to_csv(sys.stdout, index=False, header=index == 0)
         elif output_format == "json":
@@ -93,6 +103,23 @@ def predict(
         click.echo(json.dumps(records, indent=2))
     if statuses and all(status == "error" for status in statuses):
         sys.exit(1)
+
+
+def _write_annotated(chunk, photos, folder: Path, taken: set[str], max_pixels: int) -> None:
+    """Each photo of ``chunk`` with its faces drawn on it (``face_pipeline.annotate``) into ``folder``;
+    a photo that could not be read is named on stderr (its row says why) and the others go on."""
+    from face_pipeline.annotate import annotate, annotated_name, encoded  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in chunk.groupby("file", sort=False):
+        if (rows["status"] == "error").all():
+            click.echo(f"{name}: not annotated ({rows['reason'].iloc[0]})", err=True)
+            continue
+        target = folder / annotated_name(str(name), taken)
+        try:
+            target.write_bytes(encoded(annotate(photos[name](), rows, max_pixels), target.name))
+        except Exception as exc:  # noqa: BLE001 - one picture must not stop the others
+            click.echo(f"{name}: not annotated ({type(exc).__name__}: {exc})", err=True)
 
 
 def _print_rows(table) -> None:

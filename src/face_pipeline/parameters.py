@@ -103,6 +103,7 @@ class PredictSettings:
     batch_size: int = 64
     workers: int | None = None
     worker_networks_from: int = 15_000
+    annotate: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "predict") -> PredictSettings:

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
+from face_pipeline.annotate import annotate, annotated_name
+from face_pipeline.parameters import PredictSettings
 from face_pipeline.predict import FacePredictor
 
 logger = logging.getLogger(__name__)
@@ -50,3 +53,24 @@ def predict_faces(
         int((table["status"] == "error").sum()),
     )
     return table, table
+
+
+def annotate_photos(
+    photos: dict[str, Callable[[], bytes]], predictions: pd.DataFrame, predict: dict[str, Any]
+) -> dict[str, Image.Image]:
+    """With ``predict.annotate``: each photo with its faces' boxes and labels (``face_pipeline.annotate``),
+    by file name; photos that could not be read are left out (their rows say why). Otherwise nothing."""
+    settings = PredictSettings.from_params(predict)
+    if not settings.annotate:
+        return {}
+    pictures: dict[str, Image.Image] = {}
+    taken: set[str] = set()
+    for name, rows in predictions.groupby("file", sort=False):
+        if (rows["status"] == "error").all():
+            continue
+        try:
+            pictures[annotated_name(str(name), taken)] = annotate(photos[name](), rows)
+        except Exception as exc:  # noqa: BLE001 - one picture must not stop the others
+            logger.warning("%s not annotated: %s: %s", name, type(exc).__name__, exc)
+    logger.info("%d annotated photo(s)", len(pictures))
+    return pictures

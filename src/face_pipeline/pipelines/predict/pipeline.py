@@ -5,7 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from face_pipeline.predict import inference_settings
 from face_pipeline.serving import log_face_model, register_models
 
-from .nodes import predict_faces
+from .nodes import annotate_photos, predict_faces
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -24,7 +24,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["predictions", "predictions_csv"],
                 name="predict_faces",
-            )
+            ),
+            Node(
+                annotate_photos,
+                ["predict_photos", "predictions", "params:predict"],
+                "annotated_photos",
+                name="annotate_photos",
+            ),
         ]
     )
 
