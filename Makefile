@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	@if [ "$(TENSORFLOW)" = gpu ]; then $(BIN)/python -m pip uninstall --quiet -y tensorflow-cpu; fi
 	@if [ "$(TENSORFLOW)" = cpu ] && $(BIN)/python -m pip show --quiet tensorflow 2>/dev/null; then \
 		$(BIN)/python -m pip uninstall --quiet -y tensorflow; fi
-	$(BIN)/python -m pip install --quiet -e '.[dev,team,$(TENSORFLOW)]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,team,demo,$(TENSORFLOW)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -24,15 +24,14 @@ from click.testing import CliRunner
 from fake_faces import encode
 from PIL import Image
 from skimage import data
+from small_models import CALIBRATION, SETTINGS, SIZE, save_small_models
 
 from face_pipeline.console import cli
 from face_pipeline.faces import DetectionSettings, face_chip, find_faces
 from face_pipeline.images import ImageSpec, convert_pixels, decode_face, face_input, load_image
-from face_pipeline.models import build_model, compile_model, inference_model
 from face_pipeline.predict import (
     PREDICTION_COLUMNS,
     FacePredictor,
-    inference_settings,
     load_calibration,
     load_inference_settings,
     load_keras_model,
@@ -41,16 +40,8 @@ from face_pipeline.predict import (
 )
 from face_pipeline.serving import log_face_model, pinned_requirements, register_models
 
-SIZE = 32
 SPEC = ImageSpec(size=SIZE)
-SETTINGS = inference_settings({"image": {"size": SIZE, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})
 PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
-# Saved with the test networks: a temperature that halves every logit, and the 80 % range taken
-# as the central 90 % of the age distribution.
-CALIBRATION = {
-    "gender": {"method": "temperature", "temperature": 2.0, "uncertain_below": 0.75},
-    "age": {"method": "distribution", "level": 0.8, "distribution_level": 0.9},
-}
 ANSWER_COLUMNS = ["gender_uncertain", "age_low", "age_high"]
 CROP = encode(Image.fromarray(data.astronaut()).crop((160, 50, 300, 190)), "PNG")
 
@@ -170,23 +161,7 @@ def test_loader_errors_become_rows():
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("models")
-    paths = {}
-    for task, loss in (("gender", None), ("age", "distribution")):
-        model = build_model(
-            "default_cnn", (SIZE, SIZE, 1), task, stem_filters=4, filters=[4], batch_norm=False, loss=loss
-        )
-        model = inference_model(compile_model(model, task, 1e-3, loss), task)  # saved like a trained model
-        # Kedro's versioned layout, two versions: the latest must win.
-        for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
-            path = folder / f"{task}_model.keras" / version / f"{task}_model.keras"
-            path.parent.mkdir(parents=True)
-            model.save(path)
-        paths[task] = folder / f"{task}_model.keras"
-        (folder / f"{task}_calibration.json").write_text(json.dumps(CALIBRATION[task]))
-    paths["settings"] = folder / "inference_settings.json"
-    paths["settings"].write_text(json.dumps(SETTINGS))
-    return paths
+    return save_small_models(tmp_path_factory.mktemp("models"))
 
 
 def test_versioned_folder_loads_the_latest_version(saved_models, tmp_path):

@@ -22,22 +22,74 @@ def cli() -> None:
     """Gender and age from face photos."""
 
 
+def model_options(command):
+    """The options that pick the networks, their calibration and settings (``load_predictor``)."""
+    options = [
+        click.option(
+            "--model-uri", help="MLflow run holding both models, e.g. runs:/<run id> (overrides the two below)."
+        ),
+        click.option(
+            "--gender-model",
+            default=DEFAULT_MODELS["gender"],
+            show_default=True,
+            help="File, versioned folder or MLflow URI.",
+        ),
+        click.option(
+            "--age-model",
+            default=DEFAULT_MODELS["age"],
+            show_default=True,
+            help="File, versioned folder or MLflow URI.",
+        ),
+        click.option(
+            "--settings",
+            "settings_path",
+            help=f"Image spec and detection settings saved with the models [default: the run's with --model-uri, "
+            f"else {DEFAULT_SETTINGS}].",
+        ),
+        click.option("--detect", type=click.Choice(DETECT_MODES), help="Face detection mode [default: as saved]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def load_predictor(
+    model_uri: str | None,
+    gender_model: str,
+    age_model: str,
+    settings_path: str | None,
+    detect: str | None,
+    **options,
+):
+    """The ``FacePredictor`` for the saved networks, with the calibration and settings saved with
+    them (a clear message instead of a traceback when something is missing)."""
+    import os  # noqa: PLC0415
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from face_pipeline.predict import (  # noqa: PLC0415 - keep --help fast
+        FacePredictor,
+        load_calibration,
+        load_inference_settings,
+        load_keras_model,
+    )
+
+    if model_uri:
+        gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"
+    try:
+        sources = {"gender": gender_model, "age": age_model}
+        models = {task: load_keras_model(source) for task, source in sources.items()}
+        calibration = {task: load_calibration(source) for task, source in sources.items()}
+        settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from exc
+    if detect:
+        settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
+    return FacePredictor.from_settings(models, settings, calibration=calibration, **options)
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model-uri", help="MLflow run holding both models, e.g. runs:/<run id> (overrides the two below).")
-@click.option(
-    "--gender-model", default=DEFAULT_MODELS["gender"], show_default=True, help="File, versioned folder or MLflow URI."
-)
-@click.option(
-    "--age-model", default=DEFAULT_MODELS["age"], show_default=True, help="File, versioned folder or MLflow URI."
-)
-@click.option(
-    "--settings",
-    "settings_path",
-    help=f"Image spec and detection settings saved with the models [default: the run's with --model-uri, "
-    f"else {DEFAULT_SETTINGS}].",
-)
-@click.option("--detect", type=click.Choice(DETECT_MODES), help="Face detection mode [default: as saved].")
+@model_options
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes preparing photos (0: one per core).")
 @click.option(
     "--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
@@ -50,40 +102,19 @@ def cli() -> None:
 )
 def predict(
     paths: tuple[str, ...],
-    model_uri: str | None,
-    gender_model: str,
-    age_model: str,
-    settings_path: str | None,
-    detect: str | None,
     workers: int,
     output_format: str,
     annotate_dir: str | None,
+    **models,
 ) -> None:
     """Print gender and age for every face in PATHS (photos, folders or fsspec URLs), one line per face."""
-    import os  # noqa: PLC0415
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from face_pipeline.datasets import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
-    from face_pipeline.predict import (  # noqa: PLC0415
-        FacePredictor,
-        load_calibration,
-        load_inference_settings,
-        load_keras_model,
-    )
 
-    if model_uri:
-        gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"
     try:
         photos = ImageFilesDataset(paths=list(paths)).load()
-        sources = {"gender": gender_model, "age": age_model}
-        models = {task: load_keras_model(source) for task, source in sources.items()}
-        calibration = {task: load_calibration(source) for task, source in sources.items()}
-        settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
     except Exception as exc:  # a clear message instead of a traceback
         raise click.ClickException(str(exc)) from exc
-    if detect:
-        settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
-    predictor = FacePredictor.from_settings(models, settings, workers=workers, calibration=calibration)
+    predictor = load_predictor(**models, workers=workers)
     # Table and CSV rows are printed chunk by chunk as they come; JSON is one array at the end.
     statuses: list[str] = []
     records: list[dict] = []
@@ -137,6 +168,23 @@ def _print_rows(table) -> None:
             click.echo(f"{name}  face {row.face} {box}  {gender}  {age}")
         else:
             click.echo(f"{name}  {row.status}: {row.reason}")
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on (another exposes the page)."
+)
+@click.option("--port", type=int, default=7860, show_default=True)
+def demo(host: str, port: int, **models) -> None:
+    """A local web page to try the models: drop photos, see them annotated and the table of faces."""
+    import uvicorn  # noqa: PLC0415
+
+    from face_pipeline.demo import create_app  # noqa: PLC0415
+
+    app = create_app(load_predictor(**models))
+    click.echo(f"face_pipeline demo on http://{host}:{port}/ (Ctrl+C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

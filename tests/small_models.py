@@ -1,0 +1,37 @@
+"""Tiny untrained networks saved as training saves them, with a calibration and inference settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from face_pipeline.models import build_model, compile_model, inference_model
+from face_pipeline.predict import inference_settings
+
+SIZE = 32
+SETTINGS = inference_settings({"image": {"size": SIZE, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})
+# Saved with the networks: a temperature that halves every logit, and the 80 % range taken as the
+# central 90 % of the age distribution.
+CALIBRATION = {
+    "gender": {"method": "temperature", "temperature": 2.0, "uncertain_below": 0.75},
+    "age": {"method": "distribution", "level": 0.8, "distribution_level": 0.9},
+}
+
+
+def save_small_models(folder: Path) -> dict[str, Path]:
+    """Both networks in Kedro's versioned layout (two versions: the latest must win), each with its
+    calibration beside it, and the inference settings; returns their paths by task and ``settings``."""
+    paths = {}
+    for task, loss in (("gender", None), ("age", "distribution")):
+        options = {"stem_filters": 4, "filters": [4], "batch_norm": False, "loss": loss}
+        model = build_model("default_cnn", (SIZE, SIZE, 1), task, **options)
+        model = inference_model(compile_model(model, task, 1e-3, loss), task)  # saved like a trained model
+        for version in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
+            path = folder / f"{task}_model.keras" / version / f"{task}_model.keras"
+            path.parent.mkdir(parents=True)
+            model.save(path)
+        paths[task] = folder / f"{task}_model.keras"
+        (folder / f"{task}_calibration.json").write_text(json.dumps(CALIBRATION[task]))
+    paths["settings"] = folder / "inference_settings.json"
+    paths["settings"].write_text(json.dumps(SETTINGS))
+    return paths
