@@ -57,8 +57,8 @@ def test_ingestion_then_preprocessing(project, tmp_path, monkeypatch):
 def whole_run(project: Path):
     """The MLflow run of the project's whole `kedro run`."""
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    name = "attributes.run_name = '__default__'"
-    [run] = mlflow.search_runs(experiment_names=["face_pipeline"], filter_string=name, output_format="list")
+    runs = mlflow.search_runs(experiment_names=["face_pipeline"], output_format="list")
+    [run] = [run for run in runs if run.info.run_name.startswith("__default__ · ")]
     return run
 
 
@@ -74,6 +74,9 @@ def test_a_whole_run_is_tracked_in_mlflow(trained_project):
 
     run = whole_run(trained_project)
     params, tags = run.data.params, run.data.tags
+    # Named after what it did, so that runs side by side in the UI tell apart.
+    assert (tags["mlflow.runName"], tags["profile"]) == ("__default__ · default · local", "default")
+    assert run.data.metrics["run_minutes"] > 0
     assert params["gender.model.architecture"] == "default_cnn"
     assert params["gender.training.epochs"] == "1"
     assert params["preprocessing.image.size"] == "128"

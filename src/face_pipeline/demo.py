@@ -85,7 +85,8 @@ PAGE = """<!doctype html>
   body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 960px; padding: 1.5rem; color: #1d1d1f; }
   h1 { font-size: 1.5rem; margin-bottom: 0.25rem; }
   p.lead { color: #555; margin-top: 0; }
-  #drop { display: block; margin-top: 1rem; border: 2px dashed #888; border-radius: 10px; padding: 2rem; text-align: center; cursor: pointer; }
+  #drop { display: block; margin-top: 1rem; border: 2px dashed #888; border-radius: 10px; padding: 2rem;
+          text-align: center; cursor: pointer; }
   #drop.over { background: #fff8d6; border-color: #d4a000; }
   .result { margin-top: 1.5rem; border-top: 1px solid #ddd; padding-top: 1rem; }
   .result img { max-width: 100%; border-radius: 6px; }

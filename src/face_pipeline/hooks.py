@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,49 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
     return hashlib.sha1(pd.util.hash_pandas_object(manifest, index=False).to_numpy().tobytes()).hexdigest()
 
 
+def profile_name(parameters: dict[str, Any]) -> str:
+    """The training profile of ``parameters``: ``default`` or ``seed`` after the tasks' architectures
+    (``default_cnn``, ``seed_cnn``), both joined by ``+`` when the tasks differ."""
+    from face_pipeline.tasks import TASKS  # noqa: PLC0415
+
+    architectures = {
+        str(parameters[task].get("model", {}).get("architecture", "")).removesuffix("_cnn")
+        for task in TASKS
+        if isinstance(parameters.get(task), dict)
+    }
+    return "+".join(sorted(architectures - {""})) or "none"
+
+
+def run_name(run_params: dict[str, Any], parameters: dict[str, Any]) -> str:
+    """What a run did, as the MLflow UI lists it: ``pipeline · profile · environment``."""
+    pipelines = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+    return " · ".join([",".join(pipelines), profile_name(parameters), run_params.get("env") or "local"])
+
+
 class MlflowTagsHook:
-    """Adds ``git_commit`` and ``data.manifest_sha1`` tags to the run kedro-mlflow opened."""
+    """Names the run kedro-mlflow opened after what it did (``run_name``) and adds the tags
+    ``profile``, ``git_commit`` and ``data.manifest_sha1``, and the metric ``run_minutes``."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         if mlflow.active_run() is None:
             return
+        self._started = time.monotonic()
+        parameters = catalog.load("parameters") if "parameters" in catalog else {}
+        mlflow.set_tags({"mlflow.runName": run_name(run_params, parameters), "profile": profile_name(parameters)})
         commit = git_commit(Path(run_params.get("project_path") or Path.cwd()))
         if commit:
             mlflow.set_tag("git_commit", commit)
         if MANIFEST in catalog and catalog.exists(MANIFEST) and MANIFEST not in pipeline.all_outputs():
             self._tag_manifest(catalog.load(MANIFEST))
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's, which ends the run
+    def after_pipeline_run(self, run_params: dict[str, Any], run_result: Any, pipeline, catalog) -> None:
+        if mlflow.active_run() is not None and self._started is not None:
+            mlflow.log_metric("run_minutes", (time.monotonic() - self._started) / 60)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
