@@ -114,10 +114,10 @@ def synthetic_ages(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_the_age_range_covers_its_level_on_new_faces(level):
     ages, distribution = synthetic_ages(4000, seed=3)
     years = distribution @ AGE_BINS
-    naive = age_range(years, distribution, AGE_BINS, {"method": "distribution", "distribution_level": level})
+    naive = age_range(years, distribution, AGE_BINS, {"method": "distribution", "distribution_levels": [level]})
     assert range_scores(ages, *naive)["range_coverage"] < level - 0.1  # too narrow before calibration
     calibration = fit_age_range(years, distribution, AGE_BINS, ages, level)
-    assert calibration["method"] == "distribution" and calibration["distribution_level"] > level
+    assert calibration["method"] == "distribution" and calibration["distribution_levels"][0] > level
     test_ages, test_distribution = synthetic_ages(8000, seed=4)
     low, high = age_range(test_distribution @ AGE_BINS, test_distribution, AGE_BINS, calibration)
     scores = range_scores(test_ages, low, high)
@@ -126,6 +126,44 @@ def test_the_age_range_covers_its_level_on_new_faces(level):
     # Wider where the network is less sure: the range follows each face's distribution.
     width = high - low
     assert np.corrcoef(width, _spread(test_distribution))[0, 1] > 0.9
+
+
+def banded_ages(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Faces whose network is too sure when young and not sure enough when old (its reported
+    spread is half the truth under 30, twice it from 30 on)."""
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(5, 90, count)
+    spread = np.where(centre < 30, 3.0, 8.0)
+    ages = np.clip(np.round(rng.normal(centre, spread)), 0, 120)
+    reported = np.exp(-0.5 * ((AGE_BINS[None, :] - centre[:, None]) / np.where(centre < 30, 1.5, 16)[:, None]) ** 2)
+    return ages, reported / reported.sum(axis=1, keepdims=True)
+
+
+def test_the_range_covers_its_level_in_every_band_of_predicted_age():
+    ages, distribution = banded_ages(6000, seed=10)
+    years = distribution @ AGE_BINS
+    one_band = fit_age_range(years, distribution, AGE_BINS, ages, 0.8)
+    banded = fit_age_range(years, distribution, AGE_BINS, ages, 0.8, bands=[30])
+    assert banded["bands"] == [30.0] and banded["distribution_levels"][0] > banded["distribution_levels"][1]
+    test_ages, test_distribution = banded_ages(8000, seed=11)
+    test_years = test_distribution @ AGE_BINS
+    young = test_years < 30
+    for calibration, within in ((one_band, 0.15), (banded, 0.035)):
+        low, high = age_range(test_years, test_distribution, AGE_BINS, calibration)
+        coverage = [range_scores(test_ages[part], low[part], high[part])["range_coverage"] for part in (young, ~young)]
+        assert all(abs(value - 0.8) <= within for value in coverage) == (calibration is banded), coverage
+    residual = fit_age_range(years, None, AGE_BINS, ages, 0.8, bands=[30])
+    assert residual["half_widths"][0] < residual["half_widths"][1]  # older faces: wider ranges
+
+
+def test_a_small_band_takes_the_level_of_all_faces():
+    ages, distribution = synthetic_ages(400, seed=12)
+    years = distribution @ AGE_BINS
+    fitted = fit_age_range(years, distribution, AGE_BINS, ages, 0.8, bands=[2])  # hardly any face under 2
+    assert (
+        fitted["distribution_levels"][0]
+        == fit_age_range(years, distribution, AGE_BINS, ages, 0.8)["distribution_levels"][0]
+    )
 
 
 def _spread(distribution: np.ndarray) -> np.ndarray:
@@ -138,7 +176,7 @@ def test_a_network_without_a_distribution_gets_a_symmetric_range_that_covers_its
     ages = rng.integers(1, 90, 6000).astype(float)
     years = ages + rng.normal(0, 6, len(ages))
     calibration = fit_age_range(years[:3000], None, AGE_BINS, ages[:3000], 0.8)
-    assert calibration["method"] == "residual" and calibration["half_width"] == pytest.approx(6 * 1.2816, rel=0.1)
+    assert calibration["method"] == "residual" and calibration["half_widths"][0] == pytest.approx(6 * 1.2816, rel=0.1)
     low, high = age_range(years[3000:], None, AGE_BINS, calibration)
     assert abs(range_scores(ages[3000:], low, high)["range_coverage"] - 0.8) <= 0.02
 
@@ -170,7 +208,7 @@ def test_tasks_fit_and_apply_their_calibration():
     ] == (1.0)
     ages, distribution = synthetic_ages(3000, seed=7)
     outputs = {"age": distribution @ AGE_BINS, "age_distribution": distribution}
-    age = AGE.calibrate(outputs, ages, {"level": 0.8})
+    age = AGE.calibrate(outputs, ages, {"level": 0.8, "bands": [20, 60]})
     table = pd.DataFrame(AGE.columns(outputs, age)).assign(y_true=ages)
     assert AGE.answer_scores(table)["range_coverage"] >= 0.8
 
@@ -182,6 +220,7 @@ def test_tasks_fit_and_apply_their_calibration():
         ({"level": 0}, "age.calibration.level must be positive and below 1"),
         ({"uncertain_below": 0.3}, "age.calibration.uncertain_below must be at least 0.5"),
         ({"method": "isotonic"}, "age.calibration.method must be one of temperature, none"),
+        ({"bands": [40, 20]}, "age.calibration.bands must be increasing ages"),
         ({"levels": 0.8}, "unknown key(s) 'levels' in parameters 'age.calibration'"),
     ],
 )

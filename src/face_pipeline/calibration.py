@@ -8,9 +8,10 @@ answers. NumPy and SciPy only: prediction workers import it without TensorFlow.
   unchanged) and only makes the probability mean what it says.
 - **Age ranges by split-conformal prediction** over the predicted distribution's central
   intervals (nested conformal, Gupta et al. 2022): the distribution's level ``beta`` is fitted so
-  that the interval holds the true age of ``level`` of the validation faces; on new faces from
-  the same population it then covers ``level`` of them, whatever the network's own calibration.
-  A network without a distribution gets a symmetric interval of the fitted half-width.
+  that the interval holds the true age of ``level`` of the validation faces, separately within
+  each band of predicted age (Mondrian conformal); on new faces from the same population it then
+  covers ``level`` of them in every band, whatever the network's own calibration. A network
+  without a distribution gets a symmetric interval of the half-width fitted per band.
 - **Expected calibration error** over 15 equal-width confidence bins (the top-label ECE of
   Guo et al.), reliability tables and the risk-coverage curve (accuracy of the most confident
   share of faces).
@@ -19,7 +20,7 @@ answers. NumPy and SciPy only: prediction workers import it without TensorFlow.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ import pandas as pd
 
 ECE_BINS = 15
 _EPSILON = 1e-7
+# A band of predicted ages with fewer validation faces than this takes the range fitted on all:
+# a conformal quantile of a few dozen scores would move with every face.
+MIN_BAND_FACES = 50
 
 
 def _logit(probability: np.ndarray) -> np.ndarray:
@@ -153,26 +157,34 @@ def distribution_cdf(distribution: np.ndarray, bins: np.ndarray, ages: np.ndarra
     return np.clip(below + distribution[rows, year] * within, 0.0, 1.0)
 
 
-def distribution_quantile(distribution: np.ndarray, bins: np.ndarray, probability: float) -> np.ndarray:
-    """Each row's age below which ``probability`` of its distribution lies (the first such age)."""
+def distribution_quantile(distribution: np.ndarray, bins: np.ndarray, probability: float | np.ndarray) -> np.ndarray:
+    """Each row's age below which ``probability`` (one for all rows, or one per row) of its distribution lies."""
     distribution = _normalised(distribution)
     rows = np.arange(len(distribution))
+    probability = np.broadcast_to(np.asarray(probability, dtype=np.float64), (len(distribution),))
     cumulative = np.cumsum(distribution, axis=1)
-    year = np.minimum((cumulative < probability - 1e-12).sum(axis=1), len(bins) - 1)  # first bin reaching it
+    reached = cumulative < probability[:, None] - 1e-12
+    year = np.minimum(reached.sum(axis=1), len(bins) - 1)  # the first bin that reaches it
     mass = distribution[rows, year]
     below = cumulative[rows, year] - mass
     within = np.divide(probability - below, mass, out=np.zeros_like(mass), where=mass > 0)
     return bins[year] - 0.5 + np.clip(within, 0.0, 1.0)
 
 
-def fit_distribution_level(distribution: np.ndarray, bins: np.ndarray, ages: np.ndarray, level: float) -> float:
-    """The central interval level ``beta`` of each face's distribution that holds ``level`` of the true ``ages``.
+def distribution_scores(distribution: np.ndarray, bins: np.ndarray, ages: np.ndarray) -> np.ndarray:
+    """The smallest central level of each face's distribution whose interval holds its true age:
+    ``|2 F(age) - 1|`` (``F`` its cumulative distribution)."""
+    return np.abs(2.0 * distribution_cdf(distribution, bins, ages) - 1.0)
 
-    A face's interval at ``beta`` holds its age exactly when ``|2 F(age) - 1| <= beta`` (``F`` its
-    cumulative distribution), so ``beta`` is the conformal quantile of those scores.
-    """
-    scores = np.abs(2.0 * distribution_cdf(distribution, bins, ages) - 1.0)
-    return min(1.0, conformal_quantile(scores, level))
+
+def levels_by_band(scores: np.ndarray, band: np.ndarray, bands: int, level: float) -> list[float]:
+    """The conformal quantile of ``scores`` within each of ``bands`` groups (``band``: each face's
+    group); a group of fewer than ``MIN_BAND_FACES`` faces takes the quantile of all of them."""
+    overall = conformal_quantile(scores, level)
+    return [
+        conformal_quantile(scores[band == index], level) if (band == index).sum() >= MIN_BAND_FACES else overall
+        for index in range(bands)
+    ]
 
 
 def whole_year_range(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,32 +207,42 @@ def age_range(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(age_low, age_high)`` in whole years by ``calibration`` (``fit_age_range``); NaN without one."""
     method = calibration.get("method")
+    years = np.asarray(years, dtype=np.float64)
+    band = np.digitize(years, calibration.get("bands") or [])  # each face's predicted-age band
     if method == "distribution" and distribution is not None:
-        beta = float(calibration["distribution_level"])
+        beta = np.asarray(calibration["distribution_levels"], dtype=np.float64)[band]
         low = distribution_quantile(distribution, bins, (1 - beta) / 2)
         high = distribution_quantile(distribution, bins, (1 + beta) / 2)
         return whole_year_range(low, high)
     if method == "residual":
-        half_width = float(calibration["half_width"])
-        years = np.asarray(years, dtype=np.float64)
+        half_width = np.asarray(calibration["half_widths"], dtype=np.float64)[band]
         return whole_year_range(years - half_width, years + half_width)
     nothing = np.full(len(years), np.nan)
     return nothing, nothing.copy()
 
 
 def fit_age_range(
-    years: np.ndarray, distribution: np.ndarray | None, bins: np.ndarray, ages: np.ndarray, level: float
+    years: np.ndarray,
+    distribution: np.ndarray | None,
+    bins: np.ndarray,
+    ages: np.ndarray,
+    level: float,
+    bands: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """The age range's calibration for ``level``: from the distribution where the network
-    predicts one, else from the absolute errors of ``years`` (a symmetric interval)."""
+    """The age range's calibration for ``level``, fitted separately within each band of predicted
+    age (``bands``: their lower edges), so that young and old faces alike get ranges that hold
+    ``level`` of true ages, not only all faces together. From the distribution where the network
+    predicts one (its central interval's level per band), else from the absolute errors of
+    ``years`` (a symmetric half-width per band)."""
+    years = np.asarray(years, dtype=np.float64)
+    band = np.digitize(years, bands)
+    fitted = {"level": level, "bands": [float(edge) for edge in bands]}
     if distribution is not None:
-        return {
-            "method": "distribution",
-            "level": level,
-            "distribution_level": fit_distribution_level(distribution, bins, ages, level),
-        }
-    errors = np.abs(np.asarray(years, dtype=np.float64) - np.asarray(ages, dtype=np.float64))
-    return {"method": "residual", "level": level, "half_width": conformal_quantile(errors, level)}
+        scores = distribution_scores(distribution, bins, ages)
+        levels = levels_by_band(scores, band, len(bands) + 1, level)
+        return {"method": "distribution", **fitted, "distribution_levels": [min(1.0, beta) for beta in levels]}
+    errors = np.abs(years - np.asarray(ages, dtype=np.float64))
+    return {"method": "residual", **fitted, "half_widths": levels_by_band(errors, band, len(bands) + 1, level)}
 
 
 def range_scores(ages: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[str, float | None]:

@@ -377,10 +377,10 @@ def age_scores(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float = 5.0) -
 
 
 def calibrate_age(outputs: Mapping[str, np.ndarray], targets: np.ndarray, settings: Mapping[str, Any]) -> dict:
-    """The age range's calibration at ``settings["level"]`` (``calibration.fit_age_range``)."""
+    """The age range's calibration: ``level`` per band of predicted age (``calibration.fit_age_range``)."""
 
-    level = required_setting(settings, "level", "age")
-    return fit_age_range(served_output(outputs), distribution_output(outputs), AGE_BINS, targets, level)
+    level, bands = (required_setting(settings, key, "age") for key in ("level", "bands"))
+    return fit_age_range(served_output(outputs), distribution_output(outputs), AGE_BINS, targets, level, bands)
 
 
 def age_columns(outputs: Mapping[str, np.ndarray], calibration: Mapping[str, Any]) -> dict[str, np.ndarray]:

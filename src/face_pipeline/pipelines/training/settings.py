@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from face_pipeline.config import read_block, require_choice, require_range
+from face_pipeline.config import ConfigError, read_block, require_choice, require_range
 from face_pipeline.models import PRECISIONS
 
 from .data import SAMPLE_WEIGHTS
@@ -62,11 +62,12 @@ class TrainingSettings:
 class CalibrationSettings:
     """``<task>.calibration`` in ``conf/base/parameters_train_<task>.yml``: what is fitted on the
     validation split after training. Each task reads the keys it needs: a probability's
-    ``method`` and ``uncertain_below`` (gender), a range's ``level`` (age)."""
+    ``method`` and ``uncertain_below`` (gender), a range's ``level`` and ``bands`` (age)."""
 
     method: str | None = None
     uncertain_below: float | None = None
     level: float | None = None
+    bands: list[float] | None = None
     batch_size: int = 256
 
     @classmethod
@@ -78,6 +79,8 @@ class CalibrationSettings:
             require_range(settings.uncertain_below, f"{block}.uncertain_below", at_least=0.5, below=1)
         if settings.level is not None:
             require_range(settings.level, f"{block}.level", above=0, below=1)
+        if settings.bands is not None and list(settings.bands) != sorted(set(settings.bands)):
+            raise ConfigError(f"{block}.bands must be increasing ages; got {settings.bands!r}")
         require_range(settings.batch_size, f"{block}.batch_size", at_least=1)
         return settings
 
