@@ -153,7 +153,7 @@ def mlflow_compare(store: str) -> None:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1"]
     with serving([*command, "--port", str(port)], f"http://127.0.0.1:{port}/health") as _:
         ids = json.dumps([run.info.run_id for run in runs], separators=(",", ":"))
-        url = f"http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments=[\"{runs[0].info.experiment_id}\"]"
+        url = f'http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments=["{runs[0].info.experiment_id}"]'
         with browser_page(1400, 1100) as page:
             page.goto(url)
             page.get_by_text("gender.test_accuracy").first.wait_for(timeout=60_000)

@@ -98,10 +98,10 @@ def test_a_whole_run_is_tracked_in_mlflow(trained_project):
     # The calibration fitted on the validation split: saved beside the model, logged as params.
     for task, key in (("gender", "temperature"), ("age", "distribution_levels")):
         saved = json.loads((trained_project / f"data/06_models/{task}_calibration.json").read_text())
-        assert params[f"{task}.calibration.{key}"] == str(saved[key])
+        assert params[f"{task}.calibrated.{key}"] == str(saved[key])
         report = json.loads((trained_project / f"data/08_reporting/{task}_metrics.json").read_text())
         assert report["calibration"] == saved
-    assert float(params["gender.calibration.temperature"]) > 0 and 0 < float(params["age.calibration.level"]) < 1
+    assert float(params["gender.calibrated.temperature"]) > 0 and 0 < float(params["age.calibrated.level"]) < 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gender_training_curves.png", "gender_metrics.json", "gender_confusion_matrix.png"} <= artifacts
     assert {"gender_reliability.png", "gender_risk_coverage.png", "gender_calibration.json"} <= artifacts

@@ -313,7 +313,7 @@ def fit_calibration(
 ) -> dict[str, Any]:
     """What makes the answers actionable, fitted on the validation split (``Task.calibrate``):
     gender's temperature, age's range level. Saved next to the model and logged as MLflow params
-    ``<task>.calibration.*``; every prediction surface applies it."""
+    ``<task>.calibrated.*``; every prediction surface applies it."""
     target = task_target(task)
     spec = get_task(target)
     settings = CalibrationSettings.from_params(calibration, f"{target}.calibration")
