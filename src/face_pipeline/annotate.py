@@ -73,7 +73,7 @@ def annotate(data: bytes, rows: pd.DataFrame, max_pixels: int = ImageSpec().max_
 
 def _label(draw: ImageDraw.ImageDraw, text: str, x: int, y: int, box: int, image_size: tuple[int, int]) -> None:
     """``text`` on a dark band under (or, at the bottom edge, over) a box ``box`` pixels wide."""
-    lettering = font(max(box // 7, min(image_size) // 40))
+    lettering = font(max(box // 6, min(image_size) // 32))
     left, top, right, bottom = draw.textbbox((0, 0), text, font=lettering)
     pad = max(2, (bottom - top) // 5)
     width, height = right - left + 2 * pad, bottom - top + 2 * pad

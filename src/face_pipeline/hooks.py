@@ -149,29 +149,30 @@ def _check_sqlite(path: Path | None, timeout: float) -> None:
     if path is None or str(path) in ("", ":memory:"):
         return
     _check_folder_writable(path.parent, "the folder of the MLflow database")
-    if not path.exists() or path.stat().st_size == 0:
-        create_sqlite_store(path)
-        return
-    with path.open("rb") as stream:
-        header = stream.read(len(SQLITE_HEADER))
-    if header and header != SQLITE_HEADER:
-        raise TrackingStoreUnavailable(
-            f"{path} is not an SQLite database (MLflow's store). Move it away and run again, or set "
-            "MLFLOW_TRACKING_URI to another file"
-        )
-    try:
-        with sqlite3.connect(path, timeout=timeout) as connection:
-            connection.execute("BEGIN IMMEDIATE")  # waits for another writer, up to timeout
-            connection.rollback()
-    except sqlite3.OperationalError as exc:
-        raise TrackingStoreUnavailable(
-            f"MLflow database {path} cannot be written ({exc}): another process holds it locked; wait for it "
-            "to finish (e.g. another kedro run or mlflow ui) and run again"
-        ) from None
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as stream:
+            header = stream.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise TrackingStoreUnavailable(
+                f"{path} is not an SQLite database (MLflow's store). Move it away and run again, or set "
+                "MLFLOW_TRACKING_URI to another file"
+            )
+        try:
+            with sqlite3.connect(path, timeout=timeout) as connection:
+                connection.execute("BEGIN IMMEDIATE")  # waits for another writer, up to timeout
+                connection.rollback()
+        except sqlite3.OperationalError as exc:
+            raise TrackingStoreUnavailable(
+                f"MLflow database {path} cannot be written ({exc}): another process holds it locked; wait for "
+                "it to finish (e.g. another kedro run or mlflow ui) and run again"
+            ) from None
+    # Always through the lock: a file that exists may be a store another run is creating right
+    # now (its tables half migrated); the lock waits for that run to finish them.
+    create_sqlite_store(path)
 
 
 def create_sqlite_store(path: Path) -> None:
-    """Create MLflow's tables in a new SQLite file, one process at a time.
+    """Create (or check) MLflow's tables in an SQLite file, one process at a time.
 
     Two runs started together on a new store would both create the tables, and the second fails
     in MLflow's schema migration (alembic: "expected to match one row"); the lock (on the folder,
