@@ -11,7 +11,7 @@ from face_pipeline.config import ConfigError
 from face_pipeline.models import build_model, compile_model
 from face_pipeline.pipelines.training import backup, batch_norm, callbacks, nodes
 from face_pipeline.pipelines.training import budget as time_budget
-from face_pipeline.pipelines.training.data import make_dataset, sample_weights
+from face_pipeline.pipelines.training.data import make_dataset
 from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves, train_model
 from face_pipeline.predict import predict_in_batches
 
@@ -83,36 +83,6 @@ def test_distribution_loss_trains_and_serves_the_age_with_its_distribution(data,
     )
     # The served age is its distribution's expectation, which the range is read from.
     np.testing.assert_allclose(predictions["age_distribution"] @ np.arange(121), predictions["age"].ravel(), rtol=1e-4)
-
-
-def test_sample_weights_favour_small_groups_or_children_and_average_one():
-    labels = pd.DataFrame(
-        {"age": [5, 30, 30, 30, 30, 70], "gender": [1, 0, 0, 0, 0, 1], "race": pd.array([2, 0, 0, 0, 0, None], "Int8")}
-    )
-    assert sample_weights(labels, "none") is None
-    groups = sample_weights(labels, "groups")
-    assert groups.mean() == pytest.approx(1.0)
-    assert groups[0] == pytest.approx(2 * groups[1])  # a group of 1 against a group of 4: sqrt(4) times
-    children = sample_weights(labels, "children")
-    assert children.mean() == pytest.approx(1.0) and children[0] == pytest.approx(3 * children[1])
-    with pytest.raises(ValueError, match="sample_weights must be one of"):
-        sample_weights(labels, "elderly")
-
-
-def test_training_with_loss_weights(data):
-    _, history, _ = train_model(*data, {"target": "gender"}, MODEL, training_params(sample_weights="children"))
-    assert np.isfinite(history["loss"][0])
-    with pytest.raises(ConfigError, match=r"gender\.training\.sample_weights must be one of none, groups, children"):
-        train_model(*data, {"target": "gender"}, MODEL, training_params(sample_weights="elderly"))
-
-
-def test_weighted_batches_carry_each_images_weight():
-    images = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1)
-    weights = np.arange(6, dtype=np.float32) / 10
-    (x, y, w), *_ = list(make_dataset(images, np.arange(6) * 10.0, 6, shuffle=True, seed=0, weights=weights))
-    order = x.numpy().ravel()
-    np.testing.assert_allclose(w.numpy(), order / 10)
-    np.testing.assert_array_equal(y.numpy(), order * 10.0)
 
 
 def test_dataset_with_one_target_per_output():

@@ -17,34 +17,6 @@ def model_targets(model: keras.Model, labels: pd.DataFrame, target: str) -> np.n
     return {name: values for name in model.output} if isinstance(model.output, dict) else values
 
 
-# Loss weights per training image (training.sample_weights): none, or more weight on the groups
-# the networks get wrong most often.
-SAMPLE_WEIGHTS = ("none", "groups", "children")
-CHILD_AGE = 12  # faces of this age and under count as children
-CHILD_WEIGHT = 3.0
-
-
-def sample_weights(labels: pd.DataFrame, scheme: str) -> np.ndarray | None:
-    """Each training image's loss weight under ``scheme``, mean 1 (None for ``none``).
-
-    ``groups``: every age band x gender x race group weighs about the same in total, tempered
-    (inverse square root of the group's size) so that a group of a few faces is not repeated
-    hundreds of times. ``children``: faces of ``CHILD_AGE`` and under count ``CHILD_WEIGHT`` times.
-    """
-    if scheme == "none":
-        return None
-    if scheme == "groups":
-        bands = np.digitize(labels["age"].to_numpy(), [13, 20, 40, 60])
-        race = labels["race"].astype("Float64").fillna(-1).to_numpy()
-        groups = pd.Series(list(zip(bands, labels["gender"].to_numpy(), race, strict=True)))
-        weights = 1.0 / np.sqrt(groups.map(groups.value_counts()).to_numpy(dtype=np.float64))
-    elif scheme == "children":
-        weights = np.where(labels["age"].to_numpy() <= CHILD_AGE, CHILD_WEIGHT, 1.0)
-    else:
-        raise ValueError(f"sample_weights must be one of {', '.join(SAMPLE_WEIGHTS)}; got {scheme!r}")
-    return (weights / weights.mean()).astype(np.float32)
-
-
 def make_dataset(
     images: np.ndarray,
     targets: np.ndarray | dict[str, np.ndarray],
@@ -54,10 +26,8 @@ def make_dataset(
     seed: int,
     autotune: bool = False,
     shard: tuple[int, int] = (0, 1),
-    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of ``(uint8 images, float32 targets)`` read from a (memory-mapped) array, with
-    ``weights`` per image (the loss's sample weights) as a third element when given.
+    """Batches of ``(uint8 images, float32 targets)`` read from a (memory-mapped) array.
 
     ``targets`` is one array, or a dict of arrays (one per model output), batched alike.
     Only the indices are shuffled; each batch is gathered from ``images`` in index order
@@ -70,8 +40,6 @@ def make_dataset(
     """
     names = list(targets) if isinstance(targets, dict) else None
     columns = np.stack([targets[name] for name in names], axis=1) if names else np.asarray(targets)[:, None]
-    if weights is not None:
-        columns = np.concatenate([columns, np.asarray(weights, dtype=np.float32)[:, None]], axis=1)
     columns = columns.astype(np.float32)
     if len(images) != len(columns):
         raise ValueError(f"{len(images)} images but {len(columns)} labels")
@@ -85,8 +53,7 @@ def make_dataset(
     def unpack(x, y):
         x = tf.ensure_shape(x, (None, *image_shape))
         y = tf.ensure_shape(y, (None, columns.shape[1]))
-        target = {name: y[:, index] for index, name in enumerate(names)} if names else y[:, 0]
-        return (x, target) if weights is None else (x, target, y[:, -1])
+        return x, ({name: y[:, index] for index, name in enumerate(names)} if names else y[:, 0])
 
     dataset = tf.data.Dataset.range(len(images))
     if shuffle:

@@ -31,7 +31,7 @@ from .backup import backup_path, data_fingerprint, forget_plan, keep_plan, saved
 from .batch_norm import finish_weights
 from .budget import Plan, measure_step_seconds, plan_in_budget
 from .callbacks import EarlyStoppingKeepingLast, EpochLog, TimeLimit, metric_name
-from .data import distribute, make_dataset, model_targets, sample_weights
+from .data import distribute, make_dataset, model_targets
 from .settings import CalibrationSettings, TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -137,13 +137,9 @@ def _batches(
     """The batches of ``images``; on several workers, this worker's share of each (see ``make_dataset``)."""
     targets = model_targets(network, labels, target)
     cluster = cluster or Cluster()
-    # Loss weights for training batches only: validation scores every face alike.
-    weights = sample_weights(labels, settings.sample_weights) if shuffle else None
 
     def for_shard(shard: tuple[int, int]) -> tf.data.Dataset:
-        return make_dataset(
-            images, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed, shard=shard, weights=weights
-        )
+        return make_dataset(images, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed, shard=shard)
 
     return distribute(for_shard, strategy, cluster.workers, cluster.index)
 

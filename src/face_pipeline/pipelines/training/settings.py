@@ -8,8 +8,6 @@ from typing import Any
 from face_pipeline.config import ConfigError, read_block, require_choice, require_range
 from face_pipeline.models import PRECISIONS
 
-from .data import SAMPLE_WEIGHTS
-
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 CALIBRATION_METHODS = ("temperature", "none")
 
@@ -32,13 +30,11 @@ class TrainingSettings:
     threads: int | None = None
     precision: str = "float32"
     backup_dir: str | None = None
-    sample_weights: str = "none"
 
     @classmethod
     def from_params(cls, params: dict[str, Any], block: str) -> TrainingSettings:
         settings = read_block(cls, params, block)
         require_choice(settings.lr_schedule, LR_SCHEDULES, f"{block}.lr_schedule")
-        require_choice(settings.sample_weights, SAMPLE_WEIGHTS, f"{block}.sample_weights")
         require_choice(settings.precision, sorted(PRECISIONS), f"{block}.precision")
         for key in ("epochs", "batch_size"):
             require_range(getattr(settings, key), f"{block}.{key}", at_least=1)
