@@ -10,8 +10,10 @@ reads on light and dark photos alike.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
@@ -105,3 +107,33 @@ def annotated_name(name: str, taken: set[str]) -> str:
         candidate = f"{path.stem}-{number}{suffix}"
     taken.add(candidate)
     return candidate
+
+
+class Annotated(NamedTuple):
+    """One photo of a prediction table: its picture and the picture's file name, or why there is none."""
+
+    file: str
+    name: str | None
+    picture: Image.Image | None
+    reason: str | None
+
+
+def annotated_photos(
+    table: pd.DataFrame,
+    photos: Mapping[str, Callable[[], bytes]],
+    taken: set[str],
+    max_pixels: int = ImageSpec().max_pixels,
+) -> Iterator[Annotated]:
+    """Each photo of the prediction ``table`` (its rows by ``file``) drawn by ``annotate``, read
+    again through its loader in ``photos``; a photo that could not be read, or drawn, comes with
+    the reason instead, and the others go on. Names come from ``annotated_name`` (``taken``)."""
+    for file, rows in table.groupby("file", sort=False):
+        if (rows["status"] == "error").all():
+            yield Annotated(str(file), None, None, str(rows["reason"].iloc[0]))
+            continue
+        try:
+            picture = annotate(photos[file](), rows, max_pixels)
+        except Exception as exc:  # noqa: BLE001 - one picture must not stop the others
+            yield Annotated(str(file), None, None, f"{type(exc).__name__}: {exc}")
+            continue
+        yield Annotated(str(file), annotated_name(str(file), taken), picture, None)

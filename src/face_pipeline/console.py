@@ -137,20 +137,16 @@ def predict(
 
 
 def _write_annotated(chunk, photos, folder: Path, taken: set[str], max_pixels: int) -> None:
-    """Each photo of ``chunk`` with its faces drawn on it (``face_pipeline.annotate``) into ``folder``;
-    a photo that could not be read is named on stderr (its row says why) and the others go on."""
-    from face_pipeline.annotate import annotate, annotated_name, encoded  # noqa: PLC0415
+    """Each photo of ``chunk`` with its faces drawn on it into ``folder``; one that could not be
+    read or drawn is named on stderr with the reason, and the others go on."""
+    from face_pipeline.annotate import annotated_photos, encoded  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in chunk.groupby("file", sort=False):
-        if (rows["status"] == "error").all():
-            click.echo(f"{name}: not annotated ({rows['reason'].iloc[0]})", err=True)
-            continue
-        target = folder / annotated_name(str(name), taken)
-        try:
-            target.write_bytes(encoded(annotate(photos[name](), rows, max_pixels), target.name))
-        except Exception as exc:  # noqa: BLE001 - one picture must not stop the others
-            click.echo(f"{name}: not annotated ({type(exc).__name__}: {exc})", err=True)
+    for photo in annotated_photos(chunk, photos, taken, max_pixels):
+        if photo.picture is None:
+            click.echo(f"{photo.file}: not annotated ({photo.reason})", err=True)
+        else:
+            (folder / photo.name).write_bytes(encoded(photo.picture, photo.name))
 
 
 def _print_rows(table) -> None:

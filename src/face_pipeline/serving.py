@@ -35,7 +35,7 @@ from mlflow.types import ColSpec, Schema
 
 import face_pipeline
 from face_pipeline.images import ImageRejected, open_image
-from face_pipeline.predict import FACE_COLUMNS, SERVED_TASKS, task_columns
+from face_pipeline.predict import FACE_COLUMNS, OUTCOME_COLUMNS, SERVED_TASKS, task_columns
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def output_signature() -> ModelSignature:
         ColSpec(kinds.get(dtype.kind, "string"), name, required=False)
         for name, dtype in task_columns(SERVED_TASKS).items()
     ]
-    columns += [ColSpec("string", "status"), ColSpec("string", "reason", required=False)]
+    columns += [ColSpec("string", name, required=name == "status") for name in OUTCOME_COLUMNS]
     return ModelSignature(inputs=None, outputs=Schema(columns))
 
 

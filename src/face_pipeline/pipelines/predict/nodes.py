@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from face_pipeline.annotate import annotate, annotated_name
+from face_pipeline.annotate import annotated_photos
+from face_pipeline.images import ImageSpec
 from face_pipeline.parameters import PredictSettings
 from face_pipeline.predict import FacePredictor
 
@@ -56,21 +57,22 @@ def predict_faces(
 
 
 def annotate_photos(
-    photos: dict[str, Callable[[], bytes]], predictions: pd.DataFrame, predict: dict[str, Any]
+    photos: dict[str, Callable[[], bytes]],
+    predictions: pd.DataFrame,
+    inference_settings: dict[str, Any],
+    predict: dict[str, Any],
 ) -> dict[str, Image.Image]:
     """With ``predict.annotate``: each photo with its faces' boxes and labels (``face_pipeline.annotate``),
-    by file name; photos that could not be read are left out (their rows say why). Otherwise nothing."""
-    settings = PredictSettings.from_params(predict)
-    if not settings.annotate:
+    by file name; a photo that could not be read or drawn is named in the log with the reason.
+    Otherwise nothing."""
+    if not PredictSettings.from_params(predict).annotate:
         return {}
+    max_pixels = ImageSpec.from_params(inference_settings["image"]).max_pixels
     pictures: dict[str, Image.Image] = {}
-    taken: set[str] = set()
-    for name, rows in predictions.groupby("file", sort=False):
-        if (rows["status"] == "error").all():
-            continue
-        try:
-            pictures[annotated_name(str(name), taken)] = annotate(photos[name](), rows)
-        except Exception as exc:  # noqa: BLE001 - one picture must not stop the others
-            logger.warning("%s not annotated: %s: %s", name, type(exc).__name__, exc)
+    for photo in annotated_photos(predictions, photos, set(), max_pixels):
+        if photo.picture is None:
+            logger.warning("%s not annotated: %s", photo.file, photo.reason)
+        else:
+            pictures[photo.name] = photo.picture
     logger.info("%d annotated photo(s)", len(pictures))
     return pictures

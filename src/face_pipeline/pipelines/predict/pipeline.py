@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 annotate_photos,
-                ["predict_photos", "predictions", "params:predict"],
+                ["predict_photos", "predictions", "inference_settings", "params:predict"],
                 "annotated_photos",
                 name="annotate_photos",
             ),
