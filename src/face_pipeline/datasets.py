@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from copy import deepcopy
@@ -22,9 +23,12 @@ from kedro.io.core import (
     get_filepath_str,
     get_protocol_and_path,
 )
+from kedro_datasets.partitions import PartitionedDataset
 
 from face_pipeline.arrays import ShardedArray
 from face_pipeline.files import written_atomically
+
+logger = logging.getLogger(__name__)
 
 
 class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
@@ -321,6 +325,30 @@ class CalibrationDataset(AbstractDataset[None, dict[str, Any]]):
         raise DatasetError("CalibrationDataset is read-only")
 
 
+class EmbeddingHeadDataset(AbstractDataset[None, dict[str, Any]]):
+    """The embedding head and combination saved with the model at ``source`` (``predict.load_embedding_head``),
+    for ``mode: accurate``; empty where there are none (a model trained before them: mode fast only). Read-only."""
+
+    def __init__(self, *, source: str, metadata: dict[str, Any] | None = None) -> None:
+        self._source = str(source)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"source": self._source}
+
+    def load(self) -> dict[str, Any]:
+        from face_pipeline.predict import load_embedding_head  # noqa: PLC0415
+
+        try:
+            return load_embedding_head(self._source)
+        except FileNotFoundError as exc:
+            logger.debug("%s", exc)
+            return {}
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("EmbeddingHeadDataset is read-only")
+
+
 class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """A dict saved as a JSON file and, in an active MLflow run, logged as that run's params.
 
@@ -380,3 +408,16 @@ class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
     def _exists(self) -> bool:
         return self._fs.exists(self._path())
+
+
+class CacheDataset(PartitionedDataset):
+    """A ``PartitionedDataset`` that a cache starts as: empty (``{}``) before its first partition.
+
+    Saving adds partitions and keeps the others (``overwrite`` stays false), so each run's new
+    entries join the cache and a later run loads them all.
+    """
+
+    def load(self) -> dict[str, Callable[[], Any]]:
+        if not self._list_partitions():
+            return {}
+        return super().load()

@@ -16,6 +16,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from face_pipeline.config import ConfigError, check_keys, read_block, require_choice
+from face_pipeline.embedding import PREDICT_MODES, EmbeddingSettings
 from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageSpec
 
@@ -104,13 +105,16 @@ class PredictSettings:
     workers: int | None = None
     worker_networks_from: int = 15_000
     annotate: bool = False
+    mode: str = "fast"
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "predict") -> PredictSettings:
         values = check_keys(params, {*cls.__dataclass_fields__, *PREDICT_RUNTIME_KEYS}, block)
         values = {key: value for key, value in values.items() if key not in PREDICT_RUNTIME_KEYS}
         values["detection"] = DetectionSettings.from_params(values.get("detection") or {}, f"{block}.detection")
-        return read_block(cls, values, block)
+        settings = read_block(cls, values, block)
+        require_choice(settings.mode, PREDICT_MODES, f"{block}.mode")
+        return settings
 
 
 @dataclass(frozen=True)
@@ -131,15 +135,20 @@ class RegistrySettings:
 
 def _task_block(params: Mapping[str, Any], block: str) -> None:
     from face_pipeline.models import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
-    from face_pipeline.pipelines.training.settings import CalibrationSettings, TrainingSettings  # noqa: PLC0415
+    from face_pipeline.pipelines.training.settings import (  # noqa: PLC0415
+        CalibrationSettings,
+        HeadSettings,
+        TrainingSettings,
+    )
 
-    values = check_keys(params, {"task", "model", "training", "calibration"}, block)
+    values = check_keys(params, {"task", "model", "training", "calibration", "head"}, block)
     target = check_keys(values.get("task"), {"target"}, f"{block}.task").get("target")
     if target != block:
         raise ConfigError(f"{block}.task.target must be {block!r} (the block's name); got {target!r}")
     ModelSettings.from_params(values.get("model") or {}, f"{block}.model")
     TrainingSettings.from_params(values.get("training") or {}, f"{block}.training")
     CalibrationSettings.from_params(values.get("calibration") or {}, f"{block}.calibration")
+    HeadSettings.from_params(values.get("head") or {}, f"{block}.head")
 
 
 def _finetuning_block(params: Mapping[str, Any], block: str) -> None:
@@ -160,6 +169,7 @@ BLOCKS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
     "predict": PredictSettings.from_params,
     "registry": RegistrySettings.from_params,
     "finetuning": _finetuning_block,
+    "embeddings": EmbeddingSettings.from_params,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from face_pipeline.pipelines import evaluation, finetuning, ingestion, predict, preprocessing, training
+from face_pipeline.pipelines import embeddings, evaluation, finetuning, ingestion, predict, preprocessing, training
 from face_pipeline.tasks import TASKS
 
 
@@ -16,7 +16,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     ``kedro run --pipelines=train_age --only-missing-outputs`` after ``train_gender``.
     """
     ingest = ingestion.create_pipeline()
-    prepare = ingest + preprocessing.create_pipeline()
+    prepare = ingest + preprocessing.create_pipeline() + embeddings.create_pipeline()
     # One training and one evaluation pipeline per task (face_pipeline.tasks); the served model
     # bundles the gender and age networks.
     train = {task: training.create_pipeline(task=task) for task in TASKS}
@@ -25,7 +25,9 @@ def register_pipelines() -> dict[str, Pipeline]:
     trained_and_evaluated = sum((train[task] + evaluate[task] for task in TASKS), Pipeline([]))
     return {
         "ingestion": ingest,
-        "preprocessing": prepare,
+        "preprocessing": ingest + preprocessing.create_pipeline(),
+        # dlib's face embedding of every labelled image, cached by content (for the embedding heads).
+        "embeddings": prepare,
         **{f"train_{task}": prepare + train[task] + evaluate[task] + settings for task in TASKS},
         # Scores the latest saved models again, e.g. after changing the evaluation parameters.
         "evaluation": sum(evaluate.values(), Pipeline([])),

@@ -51,6 +51,7 @@ def prediction_columns(tasks: Iterable[str] = SERVED_TASKS) -> list[str]:
 PREDICTION_COLUMNS = prediction_columns()
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/")
 SETTINGS_FILE = "inference_settings.json"
+ACCURATE_KEY = "__accurate__"  # the embedding heads among the networks a worker process loads
 
 
 def load_keras_model(source: str | Path):
@@ -74,32 +75,59 @@ def load_keras_model(source: str | Path):
     return keras.models.load_model(path, safe_mode=True)
 
 
-def calibration_name(model_name: str) -> str:
-    """The calibration file saved with the model named ``model_name`` (``gender_model.keras`` ->
-    ``gender_calibration.json``, ``finetuned_age_model`` -> ``finetuned_age_calibration.json``)."""
+def companion_name(model_name: str, kind: str = "calibration", suffix: str = ".json") -> str:
+    """The file of ``kind`` saved with the model named ``model_name`` (``gender_model.keras`` ->
+    ``gender_calibration.json``; ``finetuned_age_model`` -> ``finetuned_age_calibration.json``;
+    kind ``head``, suffix ``.keras``: ``gender_head.keras``)."""
     stem = model_name.removesuffix(".keras").removesuffix("_model")
-    return f"{stem}_calibration.json"
+    return f"{stem}_{kind}{suffix}"
+
+
+def calibration_name(model_name: str) -> str:
+    """The calibration file saved with the model named ``model_name`` (``companion_name``)."""
+    return companion_name(model_name)
+
+
+def _model_file(path: Path) -> Path:
+    """A saved model's own path: a version's file in Kedro's layout is ``name.keras/<version>/name.keras``."""
+    if path.parent.parent.suffix == ".keras" and path.parent.parent.name == path.name:
+        return path.parent.parent
+    return path
+
+
+def companion_source(source: str | Path, kind: str, suffix: str = "") -> str:
+    """Where the ``kind`` saved with the model at ``source`` is: beside its file, or in the run that
+    logged it (``runs:/<run>/<name>``); a registered model's run is looked up."""
+    source = str(source)
+    if source.startswith(MLFLOW_SCHEMES):
+        import mlflow  # noqa: PLC0415
+
+        if source.startswith("runs:/"):
+            run, _, name = source.removeprefix("runs:/").strip("/").partition("/")
+        else:  # a registered or logged model: the run that logged it
+            info = mlflow.models.get_model_info(source)
+            run, name = info.run_id, getattr(info, "name", None) or info.artifact_path
+        return f"runs:/{run}/{companion_name(name.rsplit('/', 1)[-1], kind, suffix)}"
+    path = _model_file(Path(source))
+    return str(path.parent / companion_name(path.name, kind, suffix))
+
+
+def load_companion(source: str | Path, kind: str) -> dict[str, Any]:
+    """The JSON ``kind`` (``calibration``, ``combination``) saved with the model at ``source``."""
+    location = companion_source(source, kind, ".json")
+    if location.startswith("runs:/"):
+        import mlflow  # noqa: PLC0415
+
+        return mlflow.artifacts.load_dict(location)
+    return json.loads(Path(location).read_text())
 
 
 def load_calibration(source: str | Path) -> dict[str, Any]:
     """The calibration saved with the model at ``source`` (a path or MLflow URI, as ``load_keras_model``
     takes): the file of ``calibration_name`` beside a saved model, or that artifact of the run
     that logged it. A model without one answers uncalibrated, with a warning."""
-    source = str(source)
     try:
-        if source.startswith(MLFLOW_SCHEMES):
-            import mlflow  # noqa: PLC0415
-
-            if source.startswith("runs:/"):
-                run, _, name = source.removeprefix("runs:/").strip("/").partition("/")
-            else:  # a registered or logged model: the run that logged it
-                info = mlflow.models.get_model_info(source)
-                run, name = info.run_id, getattr(info, "name", None) or info.artifact_path
-            return mlflow.artifacts.load_dict(f"runs:/{run}/{calibration_name(name.rsplit('/', 1)[-1])}")
-        path = Path(source)
-        if path.parent.parent.suffix == ".keras" and path.parent.parent.name == path.name:
-            path = path.parent.parent  # a version's file in Kedro's layout: name.keras/<version>/name.keras
-        return json.loads((path.parent / calibration_name(path.name)).read_text())
+        return load_companion(source, "calibration")
     except Exception as exc:  # noqa: BLE001 - a model from before calibration still answers
         logger.warning(
             "No calibration saved with %s (%s: %s): its probabilities are uncalibrated and it gives no age range",
@@ -108,6 +136,45 @@ def load_calibration(source: str | Path) -> dict[str, Any]:
             exc,
         )
         return {}
+
+
+def load_embedding_heads(sources: Mapping[str, str | Path], backend: str = "dlib") -> EmbeddingHeads:
+    """``mode: accurate`` for the networks at ``sources`` (task -> model source): each one's embedding
+    head and combination saved with it (``<task>_head.keras``, ``<task>_combination.json`` beside
+    the file, or in the MLflow run), and the embedding network of ``backend``."""
+    heads = {task: load_embedding_head(source) for task, source in sources.items()}
+    return embedding_heads(heads, backend)
+
+
+def load_embedding_head(source: str | Path) -> dict[str, Any]:
+    """The embedding head and combination saved with the model at ``source``: ``{"head", "combination"}``."""
+    suffix = "" if str(source).startswith(MLFLOW_SCHEMES) else ".keras"
+    try:
+        return {
+            "head": load_keras_model(companion_source(source, "head", suffix)),
+            "combination": load_companion(source, "combination"),
+        }
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"mode accurate needs the embedding head and combination saved with {source} "
+            f"({type(exc).__name__}: {exc}); train them with `kedro run`, or use mode fast"
+        ) from exc
+
+
+def embedding_backend(settings: Mapping[str, Any]) -> str:
+    """The embedding network's backend saved in ``inference_settings`` (dlib for models saved before it)."""
+    return settings.get("embedding", {}).get("backend", "dlib")
+
+
+def embedding_heads(heads: Mapping[str, Mapping[str, Any]], backend: str = "dlib") -> EmbeddingHeads:
+    """``EmbeddingHeads`` from each task's ``{"head", "combination"}`` and the embedding network of ``backend``."""
+    from face_pipeline.embedding import embedder  # noqa: PLC0415
+
+    return EmbeddingHeads(
+        embedder(backend),
+        {task: head["head"] for task, head in heads.items()},
+        {task: head["combination"] for task, head in heads.items()},
+    )
 
 
 def load_inference_settings(source: str | Path) -> dict[str, Any]:
@@ -135,9 +202,11 @@ def network_outputs(model, images: np.ndarray, batch_size: int = 256) -> dict[st
     batches of any size: one per request, or however many a chunk of photos held).
     """
     batches: dict[str, list[np.ndarray]] = {}
+    # A network that traces nothing per batch shape (dlib's embedder) says so: padding would only cost it.
+    padded = getattr(model, "pad_batches", True)
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size])
-        shape = min(batch_size, 1 << (len(batch) - 1).bit_length())
+        shape = min(batch_size, 1 << (len(batch) - 1).bit_length()) if padded else len(batch)
         if shape > len(batch):
             batch = np.concatenate([batch, np.zeros((shape - len(batch), *batch.shape[1:]), batch.dtype)])
         output = model.predict_on_batch(batch)
@@ -195,30 +264,44 @@ def fast_inference_model(model: Any) -> Any:
     return folded
 
 
-def inference_settings(preprocessing: dict[str, Any], predict: dict[str, Any]) -> dict[str, Any]:
-    """What turns a photo into the networks' input: the image spec and the detection settings.
+def inference_settings(
+    preprocessing: dict[str, Any], predict: dict[str, Any], embeddings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What turns a photo into the networks' input: the image spec, the detection settings and the
+    embedding network's backend (``mode: accurate``).
 
     Saved with the trained models (``data/06_models/inference_settings.json`` and the MLflow
     run's artifact of that name) so that the ``predict`` pipeline, the ``face-pipeline`` command
     and the served model build the same ``FacePredictor`` from it.
     """
+    from face_pipeline.embedding import EmbeddingSettings  # noqa: PLC0415
+
     spec = ImageSpec.from_params(preprocessing["image"])
-    return {"image": asdict(spec), "detection": DetectionSettings.from_params(predict["detection"]).to_params()}
+    return {
+        "image": asdict(spec),
+        "detection": DetectionSettings.from_params(predict["detection"]).to_params(),
+        "embedding": {"backend": EmbeddingSettings.from_params(embeddings or {}).backend},
+    }
 
 
 def prepare_photo(
-    name: str, data: bytes | Callable[[], bytes], spec: ImageSpec, detection: DetectionSettings
+    name: str,
+    data: bytes | Callable[[], bytes],
+    spec: ImageSpec,
+    detection: DetectionSettings,
+    embedding_chips: bool = False,
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Rows (without predictions) and network inputs for one photo; failures become rows.
 
     ``data`` is the photo's bytes or a function returning them (a catalog loader). With detection
     off the photo gets exactly the training images' preprocessing (``decode_face``); otherwise
     each face found is aligned onto the training chips' geometry, then goes through the same
-    ``face_input``.
+    ``face_input``. With ``embedding_chips`` each input is a pair: the network input and the
+    face's chip for the embedding network (``embedding.embedding_chip``, from the same aligned face).
     """
     try:
         data = data() if callable(data) else data
-        if detection.mode == "never":
+        if detection.mode == "never" and not embedding_chips:
             pixels, scale = load_scaled_image(data, spec, min_side=spec.size)
             return [_row(name, 0, whole_image(pixels), scale)], [face_input(pixels, spec)]
         rgb, scale = load_scaled_image(data, replace(spec, color_mode="rgb"), min_side=detection.max_side)
@@ -229,8 +312,13 @@ def prepare_photo(
     faces = find_faces(rgb, detection)
     if not faces:
         return [{"file": name, "status": "no face", "reason": "no face detected"}], []
-    chips = [convert_pixels(face_chip(rgb, face, detection), spec.color_mode) for face in faces]
-    return [_row(name, index, face, scale) for index, face in enumerate(faces)], [face_input(c, spec) for c in chips]
+    chips = [face_chip(rgb, face, detection) for face in faces]
+    inputs = [face_input(convert_pixels(chip, spec.color_mode), spec) for chip in chips]
+    if embedding_chips:
+        from face_pipeline.embedding import embedding_chip  # noqa: PLC0415 - dlib, only when asked
+
+        inputs = [(face, embedding_chip(chip, detection.chip)) for face, chip in zip(inputs, chips, strict=True)]
+    return [_row(name, index, face, scale) for index, face in enumerate(faces)], inputs
 
 
 def _row(name: str, index: int, face: Face, scale: float) -> dict:
@@ -239,42 +327,92 @@ def _row(name: str, index: int, face: Face, scale: float) -> dict:
     return {"file": name, "face": index, "box_x": x, "box_y": y, "box_size": size, "status": "ok"}
 
 
+@dataclass(frozen=True)
+class PreparedFaces:
+    """The faces of some photos, ready for the networks: one row per face (or per failed photo),
+    the networks' inputs of the ``ok`` rows and, when asked for, their embedding chips."""
+
+    rows: list[dict]
+    inputs: np.ndarray
+    chips: np.ndarray | None = None
+
+
 def prepare_photos(
-    photos: Sequence[tuple[str, bytes | Callable[[], bytes]]], spec: ImageSpec, detection: DetectionSettings
-) -> tuple[list[dict], np.ndarray]:
-    """``prepare_photo`` for a chunk of photos: all rows, and the inputs stacked in one array."""
+    photos: Sequence[tuple[str, bytes | Callable[[], bytes]]],
+    spec: ImageSpec,
+    detection: DetectionSettings,
+    embedding_chips: bool = False,
+) -> PreparedFaces:
+    """``prepare_photo`` for a chunk of photos: all rows, and the inputs (and chips) stacked in arrays."""
     rows: list[dict] = []
-    inputs: list[np.ndarray] = []
+    inputs: list = []
     for name, data in photos:
-        photo_rows, photo_inputs = prepare_photo(name, data, spec, detection)
+        photo_rows, photo_inputs = prepare_photo(name, data, spec, detection, embedding_chips)
         rows.extend(photo_rows)
         inputs.extend(photo_inputs)
-    return rows, np.stack(inputs) if inputs else np.empty((0, *spec.shape), dtype=np.uint8)
+    faces = [face for face, _ in inputs] if embedding_chips else inputs
+    stacked = np.stack(faces) if faces else np.empty((0, *spec.shape), dtype=np.uint8)
+    if not embedding_chips:
+        return PreparedFaces(rows, stacked)
+    from face_pipeline.embedding import CHIP_SIZE  # noqa: PLC0415
+
+    chips = np.stack([chip for _, chip in inputs]) if inputs else np.empty((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    return PreparedFaces(rows, stacked, chips)
+
+
+@dataclass(frozen=True)
+class EmbeddingHeads:
+    """What ``mode: accurate`` adds to the networks: the embedding network (``embedding.embedder``),
+    a head per task on its embeddings, and per task how the head's answer is mixed with the
+    network's and calibrated (``combination.fit_combination``: ``head_weight``, ``calibration``)."""
+
+    embedder: Any
+    heads: Mapping[str, Any]
+    combinations: Mapping[str, Mapping[str, Any]]
 
 
 def prediction_table(
     models: Mapping[str, Any],
-    rows: list[dict],
-    inputs: np.ndarray,
+    prepared: PreparedFaces,
     batch_size: int,
     run_networks: Callable[..., Iterable[Mapping[str, np.ndarray]]] = map,
     calibration: Mapping[str, Mapping[str, Any]] | None = None,
+    accurate: EmbeddingHeads | None = None,
 ) -> pd.DataFrame:
-    """``rows`` of prepared photos (``prepare_photos``) with each task's predictions on ``inputs``.
+    """The rows of ``prepared`` photos (``prepare_photos``) with each task's predictions on their inputs.
 
     ``run_networks`` maps a function over the networks (``map``: one after the other); each
-    task's columns are calibrated by ``calibration[task]`` (``Task.calibrate``), if given.
+    task's columns are calibrated by ``calibration[task]`` (``Task.calibrate``), if given. With
+    ``accurate`` (and ``prepared.chips``) each task's answer is its network's mixed with its
+    embedding head's, calibrated as that mix was on the validation split.
     """
-    calibration = calibration or {}
+    calibration = dict(calibration or {})
     types = task_columns(models)
-    table = pd.DataFrame(rows, columns=[*FACE_COLUMNS, *types, *OUTCOME_COLUMNS]).astype(
+    table = pd.DataFrame(prepared.rows, columns=[*FACE_COLUMNS, *types, *OUTCOME_COLUMNS]).astype(
         {name: {"f": "float64", "b": "boolean"}.get(dtype.kind, "object") for name, dtype in types.items()}
         | {"reason": "object"}
     )
-    if len(inputs):
+    if len(prepared.inputs):
         ok = table["status"] == "ok"
-        outputs = run_networks(lambda model: network_outputs(model, inputs, batch_size), models.values())
-        for task, task_outputs in zip(models, outputs, strict=True):
+        inputs = prepared.inputs
+        outputs = dict(
+            zip(
+                models,
+                run_networks(lambda model: network_outputs(model, inputs, batch_size), models.values()),
+                strict=True,
+            )
+        )
+        if accurate is not None and prepared.chips is not None:
+            from face_pipeline.combination import combine_outputs  # noqa: PLC0415
+
+            [embeddings] = network_outputs(accurate.embedder, prepared.chips, batch_size).values()
+            heads = [accurate.heads[task] for task in models]
+            head_outputs = run_networks(lambda head: network_outputs(head, embeddings, batch_size), heads)
+            for task, task_head_outputs in zip(models, head_outputs, strict=True):
+                combination = accurate.combinations[task]
+                outputs[task] = combine_outputs(outputs[task], task_head_outputs, combination["head_weight"])
+                calibration[task] = combination["calibration"]
+        for task, task_outputs in outputs.items():
             for name, values in get_task(task).columns(task_outputs, calibration.get(task, {})).items():
                 table.loc[ok, name] = values
     return table.astype({"face": "Int16", "box_x": "Int32", "box_y": "Int32", "box_size": "Int32"})
@@ -322,8 +460,10 @@ def predict_photos_in_worker(
     calibration: Mapping[str, Mapping[str, Any]],
 ) -> pd.DataFrame:
     """A worker process's chunk: its photos prepared, then its own networks (``worker_networks``) run on their faces."""
-    models = worker_networks(networks, tensorflow_threads, batch_size)
-    return prediction_table(models, *prepare_photos(photos, spec, detection), batch_size, calibration=calibration)
+    models = dict(worker_networks(networks, tensorflow_threads, batch_size))
+    accurate = models.pop(ACCURATE_KEY, None)
+    prepared = prepare_photos(photos, spec, detection, embedding_chips=accurate is not None)
+    return prediction_table(models, prepared, batch_size, calibration=calibration, accurate=accurate)
 
 
 @dataclass
@@ -355,6 +495,7 @@ class FacePredictor:
     chunk_size: int = 128
     worker_networks_from: int = 15_000
     calibration: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    accurate: EmbeddingHeads | None = None
 
     def __post_init__(self) -> None:
         self.models = {task: fast_inference_model(model) for task, model in self.models.items()}
@@ -373,8 +514,9 @@ class FacePredictor:
         """The networks pickled into a file for the worker processes (written once, removed with the predictor)."""
         if self._networks_file is None:
             handle, path = tempfile.mkstemp(prefix="face-networks-", suffix=".pickle")
+            networks = {**self.models, ACCURATE_KEY: self.accurate} if self.accurate else self.models
             with os.fdopen(handle, "wb") as file:
-                pickle.dump(self.models, file)
+                pickle.dump(networks, file)
             weakref.finalize(self, os.remove, path)
             self._networks_file = path
         return self._networks_file
@@ -399,11 +541,11 @@ class FacePredictor:
             yield from map(self._predict_here, chunks)
             return
         if len(photos) < self.worker_networks_from:
-            preparation = {"spec": self.spec, "detection": self.detection}
+            preparation = {"spec": self.spec, "detection": self.detection, "embedding_chips": self.accurate is not None}
             for _, prepared in map_chunks(
                 prepare_photos, photos, workers=workers, chunk_size=self.chunk_size, description=None, **preparation
             ):
-                yield self._predictions(*prepared)
+                yield self._predictions(prepared)
             return
         options = self._worker_options(workers)
         warming = [] if self._workers_ready else self._load_worker_networks(workers, options)
@@ -456,14 +598,16 @@ class FacePredictor:
 
     def _predict_here(self, photos: Sequence[tuple[str, bytes | Callable[[], bytes]]]) -> pd.DataFrame:
         """A chunk of photos prepared and predicted in this process."""
-        return self._predictions(*prepare_photos(photos, self.spec, self.detection))
+        return self._predictions(prepare_photos(photos, self.spec, self.detection, self.accurate is not None))
 
     def predict(self, photos: Iterable[tuple[str, bytes | Callable[[], bytes]]]) -> pd.DataFrame:
         """One row per face found (or per photo without a usable face), in input order."""
         tables = list(self.predict_stream(photos))
-        return pd.concat(tables, ignore_index=True) if tables else self._predictions([], np.empty(0))
+        return pd.concat(tables, ignore_index=True) if tables else self._predictions(PreparedFaces([], np.empty(0)))
 
-    def _predictions(self, rows: list[dict], inputs: np.ndarray) -> pd.DataFrame:
+    def _predictions(self, prepared: PreparedFaces) -> pd.DataFrame:
         # The networks run side by side: TensorFlow releases the GIL, and two half-used thread pools
         # keep the cores busier than one network after the other (1.2-1.9x on 2 cores).
-        return prediction_table(self.models, rows, inputs, self.batch_size, self._networks().map, self.calibration)
+        return prediction_table(
+            self.models, prepared, self.batch_size, self._networks().map, self.calibration, self.accurate
+        )

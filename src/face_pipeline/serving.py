@@ -73,6 +73,8 @@ SERVING_REQUIREMENTS = (
     ("pillow",),
     ("pandas",),
     ("fsspec",),
+    ("dlib-bin", "dlib"),  # mode accurate: the face embedding
+    ("face-recognition-models",),
 )
 
 
@@ -113,10 +115,22 @@ class FaceModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras  # noqa: PLC0415
 
-        from face_pipeline.predict import FacePredictor  # noqa: PLC0415
+        from face_pipeline.predict import FacePredictor, embedding_backend, embedding_heads  # noqa: PLC0415
 
         config = context.model_config
         self.limits = ServingLimits.from_config(config)
+        accurate = None
+        if config.get("mode", "fast") == "accurate":
+            if not config.get("combination"):
+                raise MlflowException("mode accurate: this face_model was packaged without embedding heads")
+            heads = {
+                task: {
+                    "head": keras.models.load_model(context.artifacts[f"{task}_head"], safe_mode=True),
+                    "combination": config["combination"][task],
+                }
+                for task in SERVED_TASKS
+            }
+            accurate = embedding_heads(heads, embedding_backend(config["inference_settings"]))
         self.predictor = FacePredictor.from_settings(
             # safe_mode: a model file cannot run code of its own (Lambda layers) when it loads.
             {
@@ -125,6 +139,7 @@ class FaceModel(mlflow.pyfunc.PythonModel):
             },
             config["inference_settings"],
             calibration=config.get("calibration", {}),
+            accurate=accurate,
         )
         self.max_pixels = self.predictor.spec.max_pixels
         if os.environ.get(SCORING_SERVER_MODEL_PATH):  # loaded by `mlflow models serve`
@@ -321,23 +336,38 @@ def log_face_model(
     inference_settings: dict[str, Any],
     gender_calibration: dict[str, Any] | None = None,
     age_calibration: dict[str, Any] | None = None,
+    gender_head=None,
+    age_head=None,
+    gender_combination: dict[str, Any] | None = None,
+    age_combination: dict[str, Any] | None = None,
+    predict: dict[str, Any] | None = None,
 ) -> str:
     """Log the bundled model as ``face_model`` into the active MLflow run; returns its URI.
 
     Node function: kedro-mlflow's model dataset cannot attach the two networks as artifacts,
     so the node logs the model itself (into the run kedro-mlflow opened). The networks'
-    calibrations travel in its config.
+    calibrations travel in its config; the embedding heads (where given) as artifacts, their
+    combinations in the config, and ``mode`` (``predict.mode``) says whether they answer.
     """
-    # Every limit is in the config so that MLFLOW_PYFUNC_INFERENCE_CONFIG can override it when serving.
+    heads = {"gender": gender_head, "age": age_head}
+    combinations = {"gender": gender_combination, "age": age_combination}
+    with_heads = all(head is not None for head in heads.values()) and all(combinations.values())
+    # Every limit is in the config so that MLFLOW_PYFUNC_INFERENCE_CONFIG can override it when
+    # serving, as can the mode.
     config = {
         "inference_settings": inference_settings,
         "calibration": {"gender": gender_calibration or {}, "age": age_calibration or {}},
+        "mode": (predict or {}).get("mode", "fast"),
+        "combination": combinations if with_heads else {},
         **asdict(SERVING_LIMITS),
     }
     with tempfile.TemporaryDirectory() as folder:
-        paths = {"gender_model": str(Path(folder) / "gender.keras"), "age_model": str(Path(folder) / "age.keras")}
-        gender_model.save(paths["gender_model"])
-        age_model.save(paths["age_model"])
+        networks = {"gender_model": gender_model, "age_model": age_model}
+        if with_heads:
+            networks |= {f"{task}_head": head for task, head in heads.items()}
+        paths = {name: str(Path(folder) / f"{name}.keras") for name in networks}
+        for name, network in networks.items():
+            network.save(paths[name])
         info = mlflow.pyfunc.log_model(
             name="face_model",
             python_model=FaceModel(),

@@ -36,8 +36,14 @@ def predict(
     probability of "female", for age years; ``y_pred_uncalibrated`` the network's own. The
     task's other prediction columns follow (``gender_uncertain``, ``age_low``, ``age_high``).
     """
+    return prediction_rows(network_outputs(model, images, batch_size), calibration, labels, task)
+
+
+def prediction_rows(
+    outputs: dict[str, np.ndarray], calibration: dict[str, Any], labels: pd.DataFrame, task: dict[str, Any]
+) -> pd.DataFrame:
+    """``predict``'s table from a network's outputs (``network_outputs``) on the images of ``labels``."""
     spec = get_task(task["target"])
-    outputs = network_outputs(model, images, batch_size)
     network_prediction = served_output(outputs).astype(float)
     table = labels[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
     table["y_true"] = spec.targets(labels).astype(float)

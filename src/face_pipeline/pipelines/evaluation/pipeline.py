@@ -6,6 +6,7 @@ from kedro.pipeline import Node, Pipeline
 
 from face_pipeline.tasks import get_task
 
+from .heads import compare_with_head
 from .nodes import (
     breakdown,
     evaluate,
@@ -16,7 +17,7 @@ from .nodes import (
     predict,
 )
 
-SHARED_INPUTS = {"test_images", "test_labels"}
+SHARED_INPUTS = {"test_images", "test_labels", "test_embeddings"}
 
 
 def _by(grouping: str):
@@ -47,7 +48,30 @@ def _plot_nodes(task: str) -> list[Node]:
     ]
 
 
-def create_pipeline(task: str, **kwargs) -> Pipeline:
+def _head_nodes() -> list[Node]:
+    """The network, the embedding head and their mix side by side (``<task>.head_comparison``)."""
+    return [
+        Node(
+            compare_with_head,
+            [
+                "model",
+                "calibration",
+                "head",
+                "combination",
+                "test_images",
+                "test_labels",
+                "test_embeddings",
+                "params:task",
+                "params:evaluation",
+            ],
+            ["head_comparison", "head_metrics"],
+            name="compare_with_head",
+        )
+    ]
+
+
+def create_pipeline(task: str, with_head: bool = True, **kwargs) -> Pipeline:
+    """``task``'s evaluation; ``with_head``: also its embedding head and the mix (``compare_with_head``)."""
     template = Pipeline(
         [
             Node(
@@ -67,11 +91,11 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
             ),
             Node(metrics_for_mlflow, "metrics", "test_metrics", name="log_test_metrics"),
             *_plot_nodes(task),
+            *(_head_nodes() if with_head else []),
         ]
     )
-    return Pipeline(
-        template, namespace=task, inputs=SHARED_INPUTS, parameters={"params:evaluation": "params:evaluation"}
-    )
+    shared = SHARED_INPUTS if with_head else SHARED_INPUTS - {"test_embeddings"}
+    return Pipeline(template, namespace=task, inputs=shared, parameters={"params:evaluation": "params:evaluation"})
 
 
 def create_scoped_pipeline(task: str, scope: str, test: str = "test", model: str | None = None) -> Pipeline:
@@ -79,15 +103,19 @@ def create_scoped_pipeline(task: str, scope: str, test: str = "test", model: str
     (the dataset named like the model, ``calibration`` for ``model``) on the split
     ``<test>_images`` / ``<test>_labels``, every output prefixed ``scope``: reports in
     ``08_reporting/<scope>_<task>_*``, MLflow metrics ``<scope>.<task>.test_*``."""
+    with_head = model is None  # the saved network's own head; a fine-tuned network has none
     model = model or f"{task}.model"
+    heads = {"test_embeddings": f"{test}_embeddings", f"{task}.head": f"{task}.head"} if with_head else {}
     return Pipeline(
-        create_pipeline(task),
+        create_pipeline(task, with_head),
         namespace=scope,
         inputs={
             "test_images": f"{test}_images",
             "test_labels": f"{test}_labels",
             f"{task}.model": model,
             f"{task}.calibration": model.removesuffix("model") + "calibration",
+            **heads,
+            **({f"{task}.combination": f"{task}.combination"} if with_head else {}),
         },
         parameters={f"params:{task}.task": f"params:{task}.task", "params:evaluation": "params:evaluation"},
     )
@@ -102,7 +130,9 @@ def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeli
     evaluation. Everything is namespaced ``external``: reports land in
     ``08_reporting/external_<task>_*`` and in MLflow as ``external.<task>.test_*``.
     """
-    from face_pipeline.pipelines import preprocessing  # noqa: PLC0415 - avoid an import cycle
+    from face_pipeline.pipelines import embeddings, preprocessing  # noqa: PLC0415 - avoid an import cycle
 
-    prepare = preprocessing.create_folder_pipeline("external", "external_images")
+    prepare = preprocessing.create_folder_pipeline("external", "external_images") + embeddings.create_folder_pipeline(
+        "external", "external_images"
+    )
     return sum((create_scoped_pipeline(task, "external", test="external.test") for task in tasks), prepare)

@@ -13,7 +13,7 @@ from PIL import Image
 from face_pipeline.annotate import annotated_photos
 from face_pipeline.images import ImageSpec
 from face_pipeline.parameters import PredictSettings
-from face_pipeline.predict import FacePredictor
+from face_pipeline.predict import FacePredictor, embedding_backend, embedding_heads
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ def predict_faces(
     age_model: Any,
     gender_calibration: dict[str, Any],
     age_calibration: dict[str, Any],
+    gender_head: dict[str, Any],
+    age_head: dict[str, Any],
     inference_settings: dict[str, Any],
     predict: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -31,15 +33,29 @@ def predict_faces(
     uncertain, age and its range), plus one row per photo with no face or that could not be
     read, with the reason. Returned twice: Parquet and CSV.
 
-    The photos are prepared as the models were saved to expect (``inference_settings``).
+    The photos are prepared as the models were saved to expect (``inference_settings``). With
+    ``predict.mode: accurate`` each network's answer is mixed with its embedding head's
+    (``gender_head``, ``age_head``: saved with the networks).
     """
+    settings = PredictSettings.from_params(predict)
+    heads = {"gender": gender_head, "age": age_head}
+    accurate = None
+    if settings.mode == "accurate":
+        missing = [task for task, head in heads.items() if not head]
+        if missing:
+            raise FileNotFoundError(
+                f"predict.mode accurate needs the embedding heads saved with the networks; none for {missing}: "
+                "train them with `kedro run`, or use predict.mode=fast"
+            )
+        accurate = embedding_heads(heads, embedding_backend(inference_settings))
     predictor = FacePredictor.from_settings(
         {"gender": gender_model, "age": age_model},
         inference_settings,
         calibration={"gender": gender_calibration, "age": age_calibration},
-        batch_size=int(predict["batch_size"]),
-        workers=predict["workers"],
-        worker_networks_from=int(predict["worker_networks_from"]),
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        worker_networks_from=settings.worker_networks_from,
+        accurate=accurate,
     )
     started = time.perf_counter()
     table = predictor.predict(photos.items())

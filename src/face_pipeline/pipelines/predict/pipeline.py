@@ -19,6 +19,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "predict_age_model",
                     "predict_gender_calibration",
                     "predict_age_calibration",
+                    "predict_gender_head",
+                    "predict_age_head",
                     "inference_settings",
                     "params:predict",
                 ],
@@ -41,7 +43,7 @@ def create_settings_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 inference_settings,
-                ["params:preprocessing", "params:predict"],
+                ["params:preprocessing", "params:predict", "params:embeddings"],
                 "inference_settings",
                 name="save_inference_settings",
             )
@@ -55,7 +57,18 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 log_face_model,
-                ["gender.model", "age.model", "inference_settings", "gender.calibration", "age.calibration"],
+                [
+                    "gender.model",
+                    "age.model",
+                    "inference_settings",
+                    "gender.calibration",
+                    "age.calibration",
+                    "gender.head",
+                    "age.head",
+                    "gender.combination",
+                    "age.combination",
+                    "params:predict",
+                ],
                 "face_model_uri",
                 name="log_face_model",
             ),

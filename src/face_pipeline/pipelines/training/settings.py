@@ -83,3 +83,25 @@ class CalibrationSettings:
     def for_task(self) -> dict[str, Any]:
         """The keys that were set, as ``Task.calibrate`` reads them."""
         return {key: value for key, value in asdict(self).items() if value is not None and key != "batch_size"}
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """``<task>.head`` in ``conf/base/parameters_train_<task>.yml``: the embedding head and its training."""
+
+    hidden_units: int = 256
+    dropout: float = 0.3
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 0.001
+    early_stopping_patience: int = 10
+    seed: int = 42
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], block: str) -> HeadSettings:
+        settings = read_block(cls, params, block)
+        for key in ("hidden_units", "epochs", "batch_size"):
+            require_range(getattr(settings, key), f"{block}.{key}", at_least=1)
+        require_range(settings.dropout, f"{block}.dropout", at_least=0, below=1)
+        require_range(settings.learning_rate, f"{block}.learning_rate", above=0)
+        return settings

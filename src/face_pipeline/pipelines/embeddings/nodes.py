@@ -1,0 +1,198 @@
+"""Embeddings: dlib's face-recognition embedding of every labelled image, computed once per image content.
+
+Each image is found and framed exactly as a photo is at prediction time (``predict.prepare_photo``
+with the saved detection settings), then embedded (``face_pipeline.embedding``). Embeddings are
+cached by the image's content (``embedding.content_key``) in a partitioned dataset: a later run,
+another split or another folder holding the same image computes nothing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from face_pipeline.embedding import (
+    EMBEDDING_SIZE,
+    METHOD,
+    EmbeddingSettings,
+    content_key,
+    embedder,
+)
+from face_pipeline.faces import DetectionSettings
+from face_pipeline.images import ImageSpec
+from face_pipeline.parallel import map_chunks
+from face_pipeline.predict import network_outputs, prepare_photo
+
+logger = logging.getLogger(__name__)
+
+VECTOR_COLUMNS = [f"e{index:03d}" for index in range(EMBEDDING_SIZE)]
+STATUS_COLUMNS = ["status", "reason"]
+FAILURE_COLUMNS = ["split", "image_id", "status", "reason"]
+# The framing only needs a tiny network input: the chips for the embedding are what is kept.
+_NO_INPUT = ImageSpec(size=8)
+
+
+def _chips_of(
+    items: Sequence[tuple[str, Callable[[], bytes]]], detection: DetectionSettings
+) -> tuple[list[tuple[str, str]], list]:
+    """Per image: its status and reason, and the embedding chip of its most confident face (or None)."""
+    outcomes, chips = [], []
+    for name, data in items:
+        [row, *_], inputs = prepare_photo(name, data, _NO_INPUT, detection, embedding_chips=True)
+        outcomes.append((row["status"], row.get("reason") or ""))
+        chips.append(inputs[0][1] if inputs else None)
+    return outcomes, chips
+
+
+def embed_chunk(
+    items: Sequence[tuple[str, Callable[[], bytes]]], detection: DetectionSettings, backend: str
+) -> tuple[list[tuple[str, str]], np.ndarray | list]:
+    """A chunk of images: statuses, and their embeddings (dlib, here) or their chips (Keras, batched later)."""
+    outcomes, chips = _chips_of(items, detection)
+    if backend != "dlib":
+        return outcomes, chips
+    found = [chip for chip in chips if chip is not None]
+    vectors = np.full((len(items), EMBEDDING_SIZE), np.nan, np.float32)
+    if found:
+        vectors[[index for index, chip in enumerate(chips) if chip is not None]] = embedder("dlib").predict_on_batch(
+            np.stack(found)
+        )
+    return outcomes, vectors
+
+
+def cached_embeddings(cache: dict[str, Callable[[], pd.DataFrame]]) -> pd.DataFrame:
+    """Every cached embedding of this ``METHOD`` by content key (the cache's partitions, loaded)."""
+    parts = [load() for name, load in sorted(cache.items()) if name.startswith(f"{METHOD}/")]
+    if not parts:
+        return pd.DataFrame(columns=["key", *STATUS_COLUMNS, *VECTOR_COLUMNS]).set_index("key")
+    return pd.concat(parts, ignore_index=True).drop_duplicates("key", keep="last").set_index("key")
+
+
+def _compute(
+    items: list[tuple[str, Callable[[], bytes]]],
+    settings: EmbeddingSettings,
+    detection: DetectionSettings,
+    description: str,
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Statuses and embeddings (NaN rows where no face was found) for ``items``, over the cores."""
+    outcomes: list[tuple[str, str]] = []
+    vectors: list[np.ndarray] = []
+    network = None if settings.backend == "dlib" else embedder(settings.backend)
+    for _, (chunk_outcomes, result) in map_chunks(
+        embed_chunk,
+        items,
+        workers=settings.workers,
+        chunk_size=settings.chunk_size,
+        scheduler=settings.scheduler,
+        description=description,
+        detection=detection,
+        backend=settings.backend,
+    ):
+        if network is not None:  # chips came back: the Keras network embeds them here, batched
+            found = [chip for chip in result if chip is not None]
+            chunk_vectors = np.full((len(result), EMBEDDING_SIZE), np.nan, np.float32)
+            if found:
+                [embedded] = network_outputs(network, np.stack(found), settings.batch_size).values()
+                chunk_vectors[[i for i, chip in enumerate(result) if chip is not None]] = embedded
+        outcomes.extend(chunk_outcomes)
+        vectors.append(result if network is None else chunk_vectors)
+    return outcomes, np.concatenate(vectors) if vectors else np.empty((0, EMBEDDING_SIZE), np.float32)
+
+
+def embed_images(
+    labels: pd.DataFrame,
+    raw_images: dict[str, Callable[[], bytes]],
+    cache: dict[str, Callable[[], pd.DataFrame]],
+    params: dict[str, Any],
+    detection_params: dict[str, Any],
+    split: str,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any]]:
+    """The embedding of every image of ``labels`` (row-aligned: ``image_id``, status, reason, e000...).
+
+    Images whose content is in ``cache`` are not decoded again; the others are embedded over the
+    cores (or on Dask with ``scheduler``) and returned as a new cache partition. An image without
+    a face, or unreadable, keeps its row with status and reason and empty values: it is reported
+    (``embedding_failures``), and the heads train and answer without it.
+    """
+    settings = EmbeddingSettings.from_params(params)
+    detection = DetectionSettings.from_params(detection_params)
+    started = time.perf_counter()
+    known = cached_embeddings(cache)
+    # Each file is read to be hashed, then let go: memory does not grow with the folder.
+    keys = {image_id: content_key(raw_images[image_id]()) for image_id in dict.fromkeys(labels["image_id"])}
+    missing = [image_id for image_id in dict.fromkeys(labels["image_id"]) if keys[image_id] not in known.index]
+    new = pd.DataFrame(columns=["key", *STATUS_COLUMNS, *VECTOR_COLUMNS])
+    if missing:
+        outcomes, vectors = _compute(
+            [(image_id, raw_images[image_id]) for image_id in missing], settings, detection, f"Embedding {split} images"
+        )
+        new = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "key": [keys[i] for i in missing],
+                        **dict(zip(STATUS_COLUMNS, zip(*outcomes, strict=True), strict=True)),
+                    }
+                ),
+                pd.DataFrame(vectors, columns=VECTOR_COLUMNS),
+            ],
+            axis=1,
+        ).drop_duplicates("key")
+        known = pd.concat([known, new.set_index("key")])
+    rows = known.loc[[keys[image_id] for image_id in labels["image_id"]]].reset_index(drop=True)
+    table = pd.concat(
+        [
+            pd.DataFrame({"image_id": labels["image_id"].to_numpy()}),
+            rows.astype(dict.fromkeys(VECTOR_COLUMNS, "float32")),
+        ],
+        axis=1,
+    )
+    failed = int((table["status"] != "ok").sum())
+    if failed:
+        logger.warning("%s: %d image(s) have no embedding (see embedding_failures)", split, failed)
+    summary = {
+        "images": len(labels),
+        "reused": len(labels) - len(missing),
+        "computed": len(missing),
+        "without_embedding": failed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "method": METHOD,
+        "backend": settings.backend,
+    }
+    logger.info("%s embeddings: %s", split, summary)
+    partition = {f"{METHOD}/{split}-{content_key(''.join(new['key']).encode())[:16]}": new} if len(new) else {}
+    return table, partition, summary
+
+
+def embedding_failures(*tables: pd.DataFrame, splits: Sequence[str]) -> pd.DataFrame:
+    """The images of every split that have no embedding, with the reason."""
+    failures = [
+        table.loc[table["status"] != "ok", ["image_id", *STATUS_COLUMNS]].assign(split=split)
+        for split, table in zip(splits, tables, strict=True)
+    ]
+    return (
+        pd.concat(failures, ignore_index=True)[FAILURE_COLUMNS] if failures else pd.DataFrame(columns=FAILURE_COLUMNS)
+    )
+
+
+def embedding_summary(*summaries: dict[str, Any], splits: Sequence[str]) -> dict[str, Any]:
+    """Per split: images, how many embeddings were reused from the cache and how many computed."""
+    return dict(zip(splits, summaries, strict=True))
+
+
+def embedding_matrix(table: pd.DataFrame) -> np.ndarray:
+    """The ``(N, 128)`` float32 embeddings of an embeddings table (NaN rows for images without one)."""
+    return table[VECTOR_COLUMNS].to_numpy(np.float32)
+
+
+def with_embeddings(embeddings: pd.DataFrame, labels: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """The rows that have an embedding: their embeddings, labels, and the mask over all rows."""
+    if len(embeddings) != len(labels) or not (embeddings["image_id"].to_numpy() == labels["image_id"].to_numpy()).all():
+        raise ValueError("embeddings and labels are not row-aligned: run the embeddings pipeline again")
+    usable = (embeddings["status"] == "ok").to_numpy()
+    return embedding_matrix(embeddings)[usable], labels[usable].reset_index(drop=True), usable
