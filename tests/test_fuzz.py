@@ -1,7 +1,8 @@
 """Seeded fuzzing of ingestion and `face-pipeline predict` with hostile photos, names and links.
 
-Nothing may crash or hang, each bad input must be reported with its reason, and no file outside
-the configured folder may be read (an audit hook records every file opened). The served model
+Nothing may crash or hang, each bad input must be reported with its reason, and with links out
+of the folder refused (``refuse_outside_links``, for folders not trusted) no file outside it may be
+read (an audit hook records every file opened). The served model
 gets the same photos in tests/test_served_load.py.
 """
 
@@ -11,9 +12,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from fuzz_inputs import hostile_folder, reads_outside, time_limit
-from kedro_datasets.partitions import PartitionedDataset
 
 from face_pipeline.console import cli
+from face_pipeline.datasets import ImageFolderDataset
 from face_pipeline.models import build_model
 from face_pipeline.pipelines.ingestion.nodes import inspect_images, label_images, select_usable_images
 from face_pipeline.predict import inference_settings
@@ -32,6 +33,7 @@ def ingestion_params(folder) -> dict:
         "max_pixels": 40_000_000,
         "workers": 1,
         "chunk_size": 16,
+        "refuse_outside_links": True,
     }
 
 
@@ -46,18 +48,21 @@ def test_ingestion_reports_every_hostile_file_and_reads_nothing_outside_the_fold
     params = ingestion_params(folder)
     stop = reads_outside(folder, tmp_path)
     with time_limit(120):
-        raw = PartitionedDataset(
-            path=str(folder), dataset={"type": "text.TextDataset", "fs_args": {"open_args_load": {"mode": "rb"}}}
+        raw = ImageFolderDataset(
+            path=str(folder),
+            dataset={"type": "text.TextDataset", "fs_args": {"open_args_load": {"mode": "rb"}}},
+            refuse_outside_links=True,
         ).load()
         usable, rejected = select_usable_images(label_images(inspect_images(raw, params), raw, params), params)
     assert stop() == []
     reasons = dict(zip(rejected["path"].str.removeprefix(f"{folder}/"), rejected["reason"], strict=True))
-    for name in LINKS_OUT:
+    for name in [*LINKS_OUT, "dir_out"]:
         assert reasons[name] == "outside the image folder"
+    assert reasons["dir_loop"] == "link loop"
     for stranger in strangers:
         assert reasons[stranger] == "file listed in manifest is missing"
     accounted = set(usable["image_id"]) | set(reasons)
-    assert set(kinds) - {"dir_out", "dir_loop"} <= accounted  # folder links are not searched
+    assert set(kinds) <= accounted
     assert rejected["reason"].notna().all() and (rejected["reason"] != "").all()
     for name, kind in kinds.items():  # what must never pass as a usable image
         if kind in ("empty file", "absurd PNG size", "zero PNG size", "link loop", "dangling link"):
@@ -83,19 +88,21 @@ def test_predict_command_gives_each_hostile_photo_a_row_and_reads_nothing_outsid
     folder = tmp_path / "photos"
     stop = reads_outside(folder, tmp_path)
     with time_limit(180):
-        result = CliRunner().invoke(cli, ["predict", str(folder), *tiny_models, "--format", "json"])
+        result = CliRunner().invoke(
+            cli, ["predict", str(folder), *tiny_models, "--format", "json", "--refuse-outside-links"]
+        )
     assert stop() == []
     assert result.exit_code == 0, result.output[-3000:]
     text = result.stdout  # the JSON table starts a line of its own; a log line may come before it
     rows = pd.DataFrame(json.loads(text[text.index("[\n") :]))
     rows["name"] = rows["file"].str.removeprefix(f"{folder}/")
-    photos = {name for name in kinds if not name.startswith("dir_")}
-    assert photos <= set(rows["name"])
+    assert set(kinds) <= set(rows["name"])
     bad = rows[rows["status"] == "error"]
     assert bad["reason"].str.len().gt(0).all()
     assert not bad["reason"].str.contains("Traceback").any()
-    for name in LINKS_OUT:
+    for name in [*LINKS_OUT, "dir_out"]:
         assert rows.loc[rows["name"] == name, "reason"].str.startswith("outside the folder").all()
+    assert rows.loc[rows["name"] == "dir_loop", "reason"].str.startswith("link loop").all()
     for name, kind in kinds.items():
         if kind in ("empty file", "absurd PNG size", "link loop", "dangling link"):
             assert (rows.loc[rows["name"] == name, "status"] == "error").all(), (name, kind)

@@ -112,18 +112,25 @@ def load_predictor(
     type=click.Path(file_okay=False),
     help="Also write each photo, at its size, with every face's box and label into this folder.",
 )
+@click.option(
+    "--refuse-outside-links",
+    is_flag=True,
+    help="For folders you do not trust: a link leading outside its folder is reported, not read "
+    "[default: links are followed].",
+)
 def predict(
     paths: tuple[str, ...],
     workers: int,
     output_format: str,
     annotate_dir: str | None,
+    refuse_outside_links: bool,
     **models,
 ) -> None:
     """Print gender and age for every face in PATHS (photos, folders or fsspec URLs), one line per face."""
     from face_pipeline.datasets import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
 
     try:
-        photos = ImageFilesDataset(paths=list(paths)).load()
+        photos = ImageFilesDataset(paths=list(paths), refuse_outside_links=refuse_outside_links).load()
     except Exception as exc:  # a clear message instead of a traceback
         raise click.ClickException(str(exc)) from exc
     predictor = load_predictor(**models, workers=workers)

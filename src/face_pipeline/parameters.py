@@ -49,10 +49,14 @@ class IngestionSettings:
     chunk_size: int = 256
     shard_images: int = 4096  # rows per saved .npy shard: what one shard holds in memory while written
     scheduler: str | None = None  # a Dask scheduler's address: check files on its workers
+    refuse_outside_links: bool = False  # a folder not trusted: links out of it are reported, never read
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "ingestion") -> IngestionSettings:
         values = check_keys(params, cls.__dataclass_fields__, block)
+        refuse = values.get("refuse_outside_links", False)
+        if not isinstance(refuse, bool):
+            raise ConfigError(f"{block}.refuse_outside_links must be true or false; got {refuse!r}")
         labels = read_block(LabelSource, values.get("labels"), f"{block}.labels")
         require_choice(labels.source, LABEL_SOURCES, f"{block}.labels.source")
         split = read_block(SplitSettings, values.get("split"), f"{block}.split")
@@ -93,7 +97,7 @@ class EvaluationSettings:
 
 
 # Keys of ``predict`` that only ``--params`` sets: the catalog reads them (``runtime_params``).
-PREDICT_RUNTIME_KEYS = ("input_path", "gender_model", "age_model")
+PREDICT_RUNTIME_KEYS = ("input_path", "gender_model", "age_model", "refuse_outside_links")
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,26 @@ def postgres_bin(name: str) -> str:
     return candidates[-1]
 
 
+def postgres_missing() -> str | None:
+    """What this machine lacks to start PostgreSQL here (its programs; as root, the ``postgres``
+    user and ``runuser``), or None: said before anything starts, in one line."""
+    try:
+        for name in ("initdb", "pg_ctl"):
+            postgres_bin(name)
+    except FileNotFoundError:
+        return "PostgreSQL not found (initdb, pg_ctl)"
+    if os.geteuid() == 0:
+        import pwd  # noqa: PLC0415 - Unix only, as is running as root
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "PostgreSQL refuses to run as root and there is no postgres user to run it as"
+        if not shutil.which("runuser"):
+            return "PostgreSQL refuses to run as root and runuser (util-linux) is not there to change user"
+    return None
+
+
 def as_postgres_user(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run it as the ``postgres`` user then."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from fake_faces import corrupt_jpeg, encode, face_like, png_claiming_size, truncated_jpeg, write_utkface_folder
-from kedro_datasets.partitions import PartitionedDataset
 
+from face_pipeline.datasets import ImageFolderDataset
 from face_pipeline.images import ImageRejected
 from face_pipeline.pipelines.ingestion.nodes import (
     MANIFEST_COLUMNS,
@@ -36,7 +36,7 @@ def params(folder: Path, **overrides) -> dict:
 
 def raw_images(folder: Path) -> dict:
     """The folder exactly as the catalog's ``raw_images`` entry loads it."""
-    return PartitionedDataset(
+    return ImageFolderDataset(
         path=str(folder), dataset={"type": "text.TextDataset", "fs_args": {"open_args_load": {"mode": "rb"}}}
     ).load()
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.datasets import outside_folder
+from face_pipeline.datasets import Refused, outside_folder
 from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
 from face_pipeline.parallel import map_chunks
 
@@ -62,10 +62,15 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
     """
     manifest_file = params["labels"].get("manifest_file") if params["labels"]["source"] == "manifest" else None
     raw_dir = str(params["raw_dir"])
-    # Links out of the folder are reported, never followed: only files inside it are read.
-    outside = sorted(pid for pid in raw_images if outside_folder(raw_dir, f"{raw_dir}/{pid}"))
-    images = sorted((pid, load) for pid, load in raw_images.items() if is_image_file(pid) and pid not in outside)
-    others = sorted(pid for pid in raw_images if not is_image_file(pid) and pid != manifest_file and pid not in outside)
+    # Links are followed unless the folder is not trusted: then one out of it is reported, never read.
+    outside = set()
+    if params.get("refuse_outside_links", False):
+        outside = {pid for pid in raw_images if outside_folder(raw_dir, f"{raw_dir}/{pid}")}
+    # What the listing did not follow (a folder link in a loop) reports itself.
+    refused = {pid: load for pid, load in raw_images.items() if isinstance(load, Refused) and pid not in outside}
+    listed = {pid: load for pid, load in raw_images.items() if pid not in outside and pid not in refused}
+    images = sorted((pid, load) for pid, load in listed.items() if is_image_file(pid))
+    others = sorted(pid for pid in listed if not is_image_file(pid) and pid != manifest_file)
     rows: list[dict] = []
     for _, chunk_rows in map_chunks(
         _inspect_chunk,
@@ -89,9 +94,12 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
         {
             "image_id": pid,
             "reason": "outside the image folder",
-            "detail": f"a link to a file outside {raw_dir}; not read",
+            "detail": f"a link to a file or folder outside {raw_dir}; not read",
         }
-        for pid in outside
+        for pid in sorted(outside)
+    )
+    rows.extend(
+        {"image_id": pid, "reason": refusal.reason, "detail": refusal.detail} for pid, refusal in refused.items()
     )
     table = pd.DataFrame(rows, columns=INSPECTION_COLUMNS)
     return table.astype(
@@ -165,8 +173,13 @@ def label_images(
     if source not in ("filename", "manifest"):
         raise ValueError(f"ingestion.labels.source must be 'filename' or 'manifest', got {source!r}")
     manifest_file = params["labels"]["manifest_file"]
-    if source == "manifest" and outside_folder(str(params["raw_dir"]), f"{params['raw_dir']}/{manifest_file}"):
-        raise ValueError(f"label manifest {manifest_file!r} links to a file outside {params['raw_dir']}; copy it in")
+    raw_dir = str(params["raw_dir"])
+    refuse = params.get("refuse_outside_links", False)
+    if source == "manifest" and refuse and outside_folder(raw_dir, f"{raw_dir}/{manifest_file}"):
+        raise ValueError(
+            f"label manifest {manifest_file!r} links to a file outside {raw_dir}, and links out of "
+            "the folder are refused (refuse_outside_links); copy it in"
+        )
     manifest = _read_label_manifest(raw_images, manifest_file) if source == "manifest" else None
     labelled = image_inspection.copy()
     ages, genders, races = [], [], []
