@@ -4,7 +4,7 @@
         .venv/bin/python bench/dlib_alignment.py [--images 2000]
 
 The same samples as bench/predict.py (the project's UTKFace test split, a seeded sample of the
-photos). dlib's HOG detector, its 68-point landmarks and ``get_face_chip`` (200 px, padding 0.19,
+photos). dlib's HOG detector, its 5-point landmarks and ``get_face_chip`` (200 px, padding 0.19,
 which reproduces UTKFace's chips most closely) run in a throwaway virtual environment under
 bench/out (dlib-bin, face-recognition-models: never project dependencies); the chips then go
 through the project's ``face_input`` and the saved networks, and the same images through
@@ -37,7 +37,8 @@ def make_chips(listing: Path, out: Path) -> None:
     import face_recognition_models  # noqa: PLC0415
 
     detector = dlib.get_frontal_face_detector()
-    landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+    # The 5-point model: the 68-point one in the same package was trained on data for non-commercial use.
+    landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
     files = listing.read_text().splitlines()
     chips, found = np.zeros((len(files), 200, 200, 3), np.uint8), np.zeros(len(files), bool)
     started = time.perf_counter()
@@ -97,7 +98,7 @@ def main() -> None:
         ]
         table = FacePredictor.from_settings(models, settings).predict([(p, Path(p).read_bytes) for p in sample["path"]])
         our_rows = first_faces(table)
-        dlib_label = f"dlib 68-point chip ({float(made['ms_per_image']):.0f} ms/image)"
+        dlib_label = f"dlib 5-point chip ({float(made['ms_per_image']):.0f} ms/image)"
         for label, rows in ((dlib_label, dlib_rows), ("ours (BlazeFace, aligned)", our_rows)):
             result = scores(sample, rows)
             print(

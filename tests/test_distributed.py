@@ -133,7 +133,7 @@ def test_face_pipeline_train_on_two_workers_tracks_one_run(tmp_path, monkeypatch
         "training": {"epochs": 1, "time_budget_minutes": None, "batch_norm_recalibration": 0},
     }
     (project / "conf/local/parameters_train_gender.yml").write_text(yaml.safe_dump({"gender": small}))
-    run_in_process(project, "preprocessing", monkeypatch, env={"FACE_DATA_DIR": str(faces)})
+    run_in_process(project, "embeddings", monkeypatch, env={"FACE_DATA_DIR": str(faces)})
 
     command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "train", "--task=gender"]
     environment = {"FACE_DATA_DIR": str(faces), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
@@ -143,7 +143,7 @@ def test_face_pipeline_train_on_two_workers_tracks_one_run(tmp_path, monkeypatch
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["face_pipeline"], output_format="list")
     [run] = [run for run in runs if run.data.tags.get("pipeline_names") == "['train_gender']"]  # the chief's only
-    assert len(runs) == 2  # and the preprocessing run before it
+    assert len(runs) == 2  # and the preparation run before it
     assert run.data.params["gender.decided.workers"] == "2"
     assert run.data.params["gender.decided.distribution_strategy"] == "MultiWorkerMirroredStrategy"
     assert "gender.test_accuracy" in run.data.metrics

@@ -132,3 +132,15 @@ def test_embeddings_must_be_row_aligned_with_labels():
     table, _, _ = embed({"astronaut.jpg": ASTRONAUT})
     with pytest.raises(ValueError, match="row-aligned"):
         with_embeddings(table, labels_of(["other.jpg"]))
+
+
+def test_an_image_gone_since_ingestion_is_reported_not_fatal():
+    def gone():
+        raise FileNotFoundError("photo.jpg")
+
+    raw = {"astronaut.jpg": lambda: ASTRONAUT, "photo.jpg": gone}
+    table, partition, _ = embed_images(labels_of(list(raw)), raw, {}, {"workers": 1}, DETECTION, split="test")
+    assert table["status"].tolist() == ["ok", "error"]
+    assert "FileNotFoundError" in table.loc[1, "reason"]
+    [new] = partition.values()
+    assert len(new) == 1  # what could not be read is not cached

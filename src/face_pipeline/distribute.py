@@ -65,14 +65,24 @@ def cluster_from_environment(environ: dict[str, str] | None = None) -> Cluster:
     return Cluster(workers=max(1, len(workers)), index=index)
 
 
+_multi_worker_strategies: dict[Cluster, Any] = {}
+
+
 def training_strategy(cluster: Cluster | None = None):
-    """The ``tf.distribute`` strategy to train under here (see the module's docstring)."""
+    """The ``tf.distribute`` strategy to train under here (see the module's docstring).
+
+    A worker of a cluster gets one ``MultiWorkerMirroredStrategy`` for its life: its collective
+    ops must be set up before TensorFlow runs anything else (the chief's other nodes, such as the
+    embedding heads, run TensorFlow too), so ``face-pipeline train`` asks for it first.
+    """
     import tensorflow as tf  # noqa: PLC0415
 
     cluster = cluster or cluster_from_environment()
     if cluster.distributed:
-        patch_keras_for_multi_worker()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if cluster not in _multi_worker_strategies:
+            patch_keras_for_multi_worker()
+            _multi_worker_strategies[cluster] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategies[cluster]
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()

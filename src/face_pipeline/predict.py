@@ -161,6 +161,11 @@ def load_embedding_head(source: str | Path) -> dict[str, Any]:
         ) from exc
 
 
+class _FirstTraces(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def embedding_backend(settings: Mapping[str, Any]) -> str:
     """The embedding network's backend saved in ``inference_settings`` (dlib for models saved before it)."""
     return settings.get("embedding", {}).get("backend", "dlib")
@@ -170,6 +175,9 @@ def embedding_heads(heads: Mapping[str, Mapping[str, Any]], backend: str = "dlib
     """``EmbeddingHeads`` from each task's ``{"head", "combination"}`` and the embedding network of ``backend``."""
     from face_pipeline.embedding import embedder  # noqa: PLC0415
 
+    # Five networks each trace their predict function once; TensorFlow counts those traces
+    # together and warns of "retracing" that is not happening.
+    logging.getLogger("tensorflow").addFilter(_FirstTraces())
     return EmbeddingHeads(
         embedder(backend),
         {task: head["head"] for task, head in heads.items()},

@@ -3,8 +3,9 @@
 Every worker runs this same command (as a TFJob's pods do). Worker 0, the chief, runs the
 ``train_<task>`` pipeline's training, evaluation and reports through Kedro, so it alone logs to
 MLflow and saves the model; the other workers load the same model-input arrays and parameters
-and run the training node only. The arrays must exist already (``kedro run
---pipelines=preprocessing``): on several machines, on storage they all read (docs/distributed.md).
+and run the training node only. The arrays and embeddings must exist already (``kedro run
+--pipelines=embeddings``, which includes preprocessing): on several machines, on storage they all
+read (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import click
 from face_pipeline.distribute import Cluster, cluster_from_environment, launch_local_workers
 
 MODEL_INPUTS = ("train_images", "train_labels", "val_images", "val_labels")
+# What the chief's nodes also read: the embedding heads train and are evaluated on them.
+CHIEF_INPUTS = (*MODEL_INPUTS, "train_embeddings", "val_embeddings", "test_embeddings", "embedding_summary")
 
 
 def _training_nodes(task: str) -> list[str]:
-    """The nodes of ``train_<task>`` after preprocessing: training, evaluation, reports, settings."""
+    """The nodes of ``train_<task>`` after preparation (preprocessing and embeddings): training,
+    evaluation, reports, settings."""
     from kedro.framework.project import pipelines  # noqa: PLC0415
 
-    preparation = set(pipelines["preprocessing"].nodes)
+    preparation = set(pipelines["embeddings"].nodes)
     return [node.name for node in pipelines[f"train_{task}"].nodes if node not in preparation]
 
 
@@ -36,11 +40,12 @@ def train_on_this_worker(task: str, env: str | None, cluster: Cluster, project: 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env) as session:
         context = session.load_context()
-        missing = [name for name in MODEL_INPUTS if not context.catalog.exists(name)]
+        needed = CHIEF_INPUTS if cluster.is_chief else MODEL_INPUTS
+        missing = [name for name in needed if not context.catalog.exists(name)]
         if missing:
             raise click.ClickException(
-                f"the model-input arrays are missing ({', '.join(missing)}): "
-                "run `kedro run --pipelines=preprocessing` first"
+                f"the model-input arrays or embeddings are missing ({', '.join(missing)}): "
+                "run `kedro run --pipelines=embeddings` first"
             )
         if cluster.is_chief:
             session.run(pipeline_names=[f"train_{task}"], node_names=_training_nodes(task))
@@ -74,5 +79,9 @@ def train(tasks: tuple[str, ...], workers: int, env: str | None) -> None:
         click.echo(f"workers exited with {codes}")
         sys.exit(max(codes))
     cluster = cluster_from_environment()
+    if cluster.distributed:  # before TensorFlow runs anything: collective ops are set up at start
+        from face_pipeline.distribute import training_strategy  # noqa: PLC0415
+
+        training_strategy(cluster)
     for task in tasks:
         train_on_this_worker(task, env, cluster, Path.cwd())

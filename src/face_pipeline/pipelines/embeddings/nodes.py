@@ -104,6 +104,14 @@ def _compute(
     return outcomes, np.concatenate(vectors) if vectors else np.empty((0, EMBEDDING_SIZE), np.float32)
 
 
+def _key(image_id: str, raw_images: dict[str, Callable[[], bytes]]) -> str:
+    """The image's content key, or ``unreadable:<reason>`` when it cannot be read now."""
+    try:
+        return content_key(raw_images[image_id]())
+    except Exception as exc:  # noqa: BLE001 - one file gone since ingestion must not stop the run
+        return f"unreadable:unreadable image: {type(exc).__name__}: {exc}"
+
+
 def embed_images(
     labels: pd.DataFrame,
     raw_images: dict[str, Callable[[], bytes]],
@@ -124,7 +132,13 @@ def embed_images(
     started = time.perf_counter()
     known = cached_embeddings(cache)
     # Each file is read to be hashed, then let go: memory does not grow with the folder.
-    keys = {image_id: content_key(raw_images[image_id]()) for image_id in dict.fromkeys(labels["image_id"])}
+    keys = {image_id: _key(image_id, raw_images) for image_id in dict.fromkeys(labels["image_id"])}
+    unreadable = {key for key in keys.values() if key.startswith("unreadable:")}
+    if unreadable:  # changed or gone since ingestion: a row saying so, no embedding
+        rows = [(key, "error", key.removeprefix("unreadable:"), *[np.nan] * EMBEDDING_SIZE) for key in unreadable]
+        known = pd.concat(
+            [known, pd.DataFrame(rows, columns=["key", *STATUS_COLUMNS, *VECTOR_COLUMNS]).set_index("key")]
+        )
     missing = [image_id for image_id in dict.fromkeys(labels["image_id"]) if keys[image_id] not in known.index]
     new = pd.DataFrame(columns=["key", *STATUS_COLUMNS, *VECTOR_COLUMNS])
     if missing:

@@ -37,9 +37,11 @@ def train_head(
     task: dict[str, Any],
     model: dict[str, Any],
     head: dict[str, Any],
+    embedding_summary: dict[str, Any] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]], dict[str, Any]]:
     """The task's embedding head, trained with the network's loss (``<task>.model.loss``) and early
-    stopping on the validation loss (best weights kept); its history and what was used."""
+    stopping on the validation loss (best weights kept); its history and what was used, with how
+    many embeddings this run computed and how many it reused from the cache (``embedding_summary``)."""
     target = task_target(task)
     settings = HeadSettings.from_params(head, f"{target}.head")
     configure_runtime(settings.seed)
@@ -74,6 +76,10 @@ def train_head(
         "left_out_without_embedding": len(train_labels) + len(val_labels) - len(train_x) - len(val_x),
         "epochs_run": len(history.history["loss"]),
         "epoch_kept": int(np.argmin(history.history["val_loss"])) + 1,
+        **{
+            f"embeddings_{kind}": sum(split[kind] for split in (embedding_summary or {}).values())
+            for kind in ("computed", "reused")
+        },
     }
     logger.info("%s head: %s", target, decisions)
     curves = {metric_name(name, target): [float(v) for v in values] for name, values in history.history.items()}

@@ -12,7 +12,10 @@ from kedro.pipeline import Node, Pipeline
 from .heads import fit_head_combination, train_head
 from .nodes import fit_calibration, history_as_metrics, plot_training_curves, train_model
 
-SHARED_INPUTS = {"train_images", "train_labels", "val_images", "val_labels", "train_embeddings", "val_embeddings"}
+SHARED_INPUTS = {
+    *("train_images", "train_labels", "val_images", "val_labels"),
+    *("train_embeddings", "val_embeddings", "embedding_summary"),
+}
 
 
 def _identity(model):
@@ -56,6 +59,7 @@ def create_pipeline(task: str, **kwargs) -> Pipeline:
                     "params:task",
                     "params:model",
                     "params:head",
+                    "embedding_summary",
                 ],
                 ["head", "head_history", "head_decisions"],
                 name="train_head",
