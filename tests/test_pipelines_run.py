@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from conftest import PROJECT_ROOT, kedro, run_in_process, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
@@ -304,3 +305,40 @@ def test_running_kedro_sends_no_telemetry_and_leaves_pyproject_alone(project):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sending anonymous usage data" not in result.stdout + result.stderr
     assert (project / "pyproject.toml").read_text() == before
+
+
+def test_mode_accurate_answers_the_same_on_every_surface(trained_project, tmp_path):
+    """The whole run trained and saved an embedding head per task with its mix; the predict
+    pipeline, the command line and the served model answer alike with mode accurate, and
+    differently from mode fast (the head is mixed in)."""
+    models = trained_project / "data/06_models"
+    for task in ("gender", "age"):
+        combination = json.loads((models / f"{task}_combination.json").read_text())
+        assert 0 <= combination["head_weight"] <= 1
+        assert (models / f"{task}_head.keras").is_dir()
+        comparison = pd.read_csv(trained_project / f"data/08_reporting/{task}_head_comparison.csv")
+        assert set(comparison["variant"]) == {"network", "head", "combined"}
+    decisions = json.loads((trained_project / "data/08_reporting/gender_head_decisions.json").read_text())
+    assert decisions["embeddings_computed"] + decisions["embeddings_reused"] == 48
+    photo = tmp_path / "face.png"
+    photo.write_bytes(encode(face_like(3, 150), "PNG"))
+
+    kedro(trained_project, "run", "--pipelines=predict", f"--params=predict.input_path={photo},predict.mode=accurate")
+    pipeline = pd.read_parquet(trained_project / "data/07_model_output/predictions.parquet")
+    cli = [str(Path(sys.executable).with_name("face-pipeline")), "predict", str(photo), "--format", "json"]
+    answers = {
+        mode: json.loads(
+            subprocess.run([*cli, "--mode", mode], cwd=trained_project, capture_output=True, check=True).stdout
+        )
+        for mode in ("fast", "accurate")
+    }
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
+    uri = (models / "face_model_uri.txt").read_text()
+    served = mlflow.pyfunc.load_model(uri, model_config={"mode": "accurate"})
+    image = base64.b64encode(photo.read_bytes()).decode()
+    served_answer = served.predict(pd.DataFrame({"image": [image]}))
+    accurate = answers["accurate"][0]
+    for column in ("female_probability", "age", "age_low", "age_high"):
+        assert pipeline.loc[0, column] == pytest.approx(accurate[column], abs=1e-3), column
+        assert served_answer.loc[0, column] == pytest.approx(accurate[column], abs=1e-3), column
+    assert accurate["female_probability"] != pytest.approx(answers["fast"][0]["female_probability"], abs=1e-6)

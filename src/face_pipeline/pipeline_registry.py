@@ -11,7 +11,7 @@ from face_pipeline.tasks import TASKS
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
-    ``ingestion``, ``preprocessing``, ``train_<task>`` and ``__default__`` are complete jobs on a
+    ``ingestion``, ``preprocessing``, ``embeddings``, ``train_<task>`` and ``__default__`` are complete jobs on a
     fresh clone with images: each includes the stages it depends on. ``evaluation``,
     ``evaluate_folder``, ``finetune``, ``predict`` and ``package_model`` start from the models a
     training run saved (and the test split, another labelled folder or photos, as they need).
