@@ -249,7 +249,9 @@ def test_team_run_on_s3_dask_and_the_tracking_server(stack, dask_cluster, tmp_pa
     assert 0 <= latest["gender.test_accuracy"] <= 1
 
     # The model and reports are in the object store, through the server and directly.
-    [logged] = tracking.search_logged_models(experiment_ids=[experiment.experiment_id])
+    models = {model.name: model for model in tracking.search_logged_models(experiment_ids=[experiment.experiment_id])}
+    assert set(models) == {"gender_model", "gender_head"}  # the network and its embedding head
+    logged = models["gender_model"]
     assert logged.source_run_id == run_id
     artifacts = team_stack.ARTIFACTS.removeprefix("s3://")
     assert storage.exists(f"{artifacts}/{experiment.experiment_id}/models/{logged.model_id}/artifacts/data/model.keras")
