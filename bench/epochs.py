@@ -3,10 +3,10 @@
     FACE_DATA_DIR=../shared/data/utkface .venv/bin/python bench/epochs.py [--images 4096] [--epochs 12]
 
 Needs the preprocessed arrays of a previous run (``kedro run --pipelines=preprocessing``).
-Trains the default gender network and input pipeline (parameters from conf/base) on the first
-``--images`` training images for ``--epochs`` epochs, once per setting, each in a fresh
-process, and prints the seconds of each epoch with their median and maximum. Saved to
-bench/out/epochs.json.
+Trains the default gender network and input pipeline (parameters from conf/base; full-size
+faces where ``downsample`` is ``auto``) on the first ``--images`` training images for
+``--epochs`` epochs, once per setting, each in a fresh process, and prints the seconds of each
+epoch with their median and maximum. Saved to bench/out/epochs.json.
 """
 
 from __future__ import annotations
@@ -19,36 +19,43 @@ import sys
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-
-from face_pipeline.models import build_model, resolve_precision
-from face_pipeline.pipelines.training.nodes import _builder_options, make_dataset
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def epoch_seconds(images: int, epochs: int, autotune: bool) -> list[float]:
     """One setting, in this process."""
+    # Imported here: `--help` and the parent process, which only starts the two runs, need none of them.
+    import keras  # noqa: PLC0415
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    from face_pipeline.models import ModelSettings, build_model, compile_model, resolve_precision  # noqa: PLC0415
+    from face_pipeline.pipelines.training.data import make_dataset, model_targets  # noqa: PLC0415
+    from face_pipeline.tasks import get_task  # noqa: PLC0415
+
     bootstrap_project(PROJECT_ROOT)
     with KedroSession.create(project_path=PROJECT_ROOT) as session:
         context = session.load_context()
         catalog, params = context.catalog, context.params["gender"]
+        if not catalog.exists("train_images"):
+            sys.exit("No model-input arrays: run `kedro run --pipelines=preprocessing` first (FACE_DATA_DIR).")
     train_images = catalog.load("train_images")[:images]
     train_labels = catalog.load("train_labels")[:images]
-    labels = train_labels["gender"].to_numpy(np.float32)
-    model_options, training = params["model"], params["training"]
+    spec = get_task("gender")
+    settings, training = ModelSettings.from_params(params["model"], "gender.model"), params["training"]
+    options = {
+        **settings.builder_options(),
+        "loss": settings.loss,
+        "augment": settings.augment,
+        "label_stats": spec.label_stats(spec.targets(train_labels)),
+    }
+    if str(options.get("downsample")).lower() == "auto":
+        options["downsample"] = 1  # full-size faces: what the time budget picks where they fit
     keras.utils.set_random_seed(training["seed"])
-    model = build_model(
-        model_options["architecture"],
-        train_images.shape[1:],
-        "gender",
-        precision=resolve_precision(training["precision"]),
-        learning_rate=training["learning_rate"],
-        **_builder_options(model_options, train_labels, "gender"),
-    )
+    precision = resolve_precision(training["precision"])
+    network = build_model(settings.architecture, train_images.shape[1:], "gender", precision=precision, **options)
+    model = compile_model(network, "gender", training["learning_rate"], settings.loss)
+    labels = model_targets(model, train_labels, "gender")
     dataset = make_dataset(train_images, labels, training["batch_size"], shuffle=True, seed=1, autotune=autotune)
     seconds: list[float] = []
 

@@ -22,7 +22,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import free_port, start_kedro
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out"
@@ -50,10 +50,10 @@ KILL_POINTS = (
 
 
 def kedro(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", **(env or {})}
-    command = [str(Path(sys.executable).with_name("kedro")), *args]
-    return subprocess.Popen(
-        command, cwd=project, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    """``kedro *args`` in ``project``, logging to its own ``mlflow.db``, in a process group of its own."""
+    environment = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", **(env or {})}
+    return start_kedro(
+        project, *args, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
 
@@ -140,12 +140,6 @@ def tmpfs(folder: Path, size: str, read_only: bool = False):
 def integrity(database: Path) -> str:
     with contextlib.closing(sqlite3.connect(database)) as connection:
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def killed_runs(work: Path, faces: Path, reference: dict[str, str], kills: int, seed: int) -> list[dict]:

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out"
@@ -154,12 +154,6 @@ def scores(sample: pd.DataFrame, rows: list[dict]) -> dict:
         "gender_accuracy": float(((female >= 0.5) == hit["female"].to_numpy(dtype=bool)).mean()),
         "age_mae": float(np.abs(age - hit["age"].to_numpy(dtype=float)).mean()),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def served_latency(model_uri: str, photos: list[bytes], count: int) -> dict[str, float]:

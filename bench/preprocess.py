@@ -12,18 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from common import machine
 from PIL import Image
-
-from face_pipeline.pipelines.ingestion.nodes import assign_splits, inspect_images, label_images, select_usable_images
-from face_pipeline.pipelines.preprocessing.nodes import preprocess_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = PROJECT_ROOT / "bench" / "out" / "preprocess_images"  # the decoded shards, rewritten each time
@@ -49,6 +44,17 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("FACE_DATA_DIR"):
         sys.exit("Set FACE_DATA_DIR to a folder of labelled faces, e.g. FACE_DATA_DIR=../shared/data/utkface")
+    # Imported here: Kedro sets up its logging on import, which --help would print.
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    from face_pipeline.pipelines.ingestion.nodes import (  # noqa: PLC0415
+        assign_splits,
+        inspect_images,
+        label_images,
+        select_usable_images,
+    )
+    from face_pipeline.pipelines.preprocessing.nodes import preprocess_split  # noqa: PLC0415
 
     bootstrap_project(PROJECT_ROOT)
     with KedroSession.create(project_path=PROJECT_ROOT) as session:
@@ -83,7 +89,7 @@ def main() -> None:
     results["mean_abs_pixel_difference_vs_baseline"] = float(
         np.abs(np.asarray(images)[..., 0].astype(np.int16) - reference.astype(np.int16)).mean()
     )
-    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    results["machine"] = machine()
 
     out = PROJECT_ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from common import kedro_environment, machine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out" / "scale"
@@ -166,7 +167,7 @@ STAGES = {"preprocess": preprocess, "epoch": epoch}
 def run_stage(stage: str, copies: int) -> dict:
     """``stage`` in a fresh Python process; its own figures plus its peak resident set."""
     command = [sys.executable, __file__, "--stage", stage, "--copies", str(copies)]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = kedro_environment({"TF_CPP_MIN_LOG_LEVEL": "2"})
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False)
     if result.returncode:
         sys.exit(f"{stage} x{copies} failed:\n{result.stderr[-4000:]}")
@@ -187,7 +188,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     ingest()
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    results: dict = {"machine": machine()}
     for copies in (1, args.copies):
         for stage in STAGES:
             results[f"{stage}_x{copies}"] = run_stage(stage, copies)

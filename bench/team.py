@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from distributed import LocalCluster
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from common import machine, run_kedro
 
 from face_pipeline import stack as team_stack
-from face_pipeline.parallel import close_dask_clients
-from face_pipeline.pipelines.ingestion.nodes import assign_splits, inspect_images, label_images, select_usable_images
-from face_pipeline.pipelines.preprocessing.nodes import preprocess_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = PROJECT_ROOT / "bench" / "out" / "team_images"  # decoded shards, one folder per path
@@ -53,6 +46,20 @@ def best_seconds(func, repeat: int) -> tuple[float, object]:
 
 def decoding_rates(repeat: int) -> dict:
     """Images/s of preprocess_split over every usable image, local pool vs Dask."""
+    # Imported here: Kedro sets up its logging on import, which --help would print; Dask takes a second.
+    from distributed import LocalCluster  # noqa: PLC0415
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    from face_pipeline.parallel import close_dask_clients  # noqa: PLC0415
+    from face_pipeline.pipelines.ingestion.nodes import (  # noqa: PLC0415
+        assign_splits,
+        inspect_images,
+        label_images,
+        select_usable_images,
+    )
+    from face_pipeline.pipelines.preprocessing.nodes import preprocess_split  # noqa: PLC0415
+
     bootstrap_project(PROJECT_ROOT)
     with KedroSession.create(project_path=PROJECT_ROOT) as session:
         context = session.load_context()
@@ -101,17 +108,8 @@ def small_project(root: Path) -> Path:
 
 
 def timed_run(project: Path, env: dict[str, str], *args: str) -> float:
-    environment = {**os.environ, **env}
-    kedro = str(Path(sys.executable).with_name("kedro"))
     started = time.perf_counter()
-    result = subprocess.run(
-        [kedro, "run", "--pipelines=train_gender", *args],
-        cwd=project,
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_kedro(project, "run", "--pipelines=train_gender", *args, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit((result.stdout + result.stderr)[-4000:])
@@ -146,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("FACE_DATA_DIR"):
         sys.exit("Set FACE_DATA_DIR to a folder of labelled faces, e.g. FACE_DATA_DIR=../shared/data/utkface")
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    results = {"machine": machine()}
     results.update(decoding_rates(args.repeat))
     with tempfile.TemporaryDirectory() as scratch:
         results.update(run_times(args.train_images, Path(scratch)))

@@ -25,9 +25,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import pandas as pd
+from common import kedro_command, run_kedro
+
+if TYPE_CHECKING:
+    import mlflow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out"
@@ -38,21 +41,19 @@ TASK_METRICS = {
 
 
 def run_profile(profile: str, tracking_uri: str, log: Path, pipelines: str | None, params: str | None) -> float:
-    command = [str(Path(sys.executable).with_name("kedro")), "run"]
+    command = ["run"]
     if profile != "default":
         command.append(f"--env={profile}")
     if pipelines:
         command.append(f"--pipelines={pipelines}")
     if params:
         command.append(f"--params={params}")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     started = time.perf_counter()
     with log.open("w") as output:
-        result = subprocess.run(
-            command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, check=False
-        )
+        env = {"MLFLOW_TRACKING_URI": tracking_uri}
+        result = run_kedro(PROJECT_ROOT, *command, env=env, stdout=output, stderr=subprocess.STDOUT)
     if result.returncode:
-        sys.exit(f"{' '.join(command)} failed; see {log}")
+        sys.exit(f"{' '.join(kedro_command(*command))} failed; see {log}")
     return time.perf_counter() - started
 
 
@@ -78,6 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("FACE_DATA_DIR"):
         sys.exit("Set FACE_DATA_DIR to a folder of labelled faces, e.g. FACE_DATA_DIR=../shared/data/utkface")
+    import mlflow  # noqa: PLC0415 - a few seconds: not for --help
+    import pandas as pd  # noqa: PLC0415
+
     OUT.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{OUT / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)

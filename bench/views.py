@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import pandas as pd
-import tensorflow as tf
 
-from face_pipeline.datasets import ShardedArrayDataset
+if TYPE_CHECKING:
+    import keras
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_INPUT = PROJECT_ROOT / "data" / "05_model_input"
@@ -36,6 +35,8 @@ VIEW_SETS = {
 
 def zoomed(images: np.ndarray, margin: float) -> np.ndarray:
     """``images`` with ``margin`` of their side cut off (> 0) or reflected on (< 0) each edge, resized back."""
+    import tensorflow as tf  # noqa: PLC0415 - several seconds: imported once arguments are parsed
+
     side = images.shape[1]
     pixels = round(abs(margin) * side)
     tensor = tf.convert_to_tensor(images, tf.float32)
@@ -49,6 +50,8 @@ def zoomed(images: np.ndarray, margin: float) -> np.ndarray:
 
 def single_view_network(model: keras.Model) -> keras.Model:
     """The network inside a mirror-averaging saved model (the model itself when it has none)."""
+    import keras  # noqa: PLC0415 - imported once arguments are parsed
+
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     return nested[0] if nested else model
 
@@ -59,6 +62,10 @@ def main() -> None:
     parser.add_argument("task", choices=["gender", "age"])
     parser.add_argument("--zoom", type=float, default=0.04, help="fraction of the side cropped or added per edge")
     args = parser.parse_args()
+    import keras  # noqa: PLC0415 - several seconds: not for --help
+    import pandas as pd  # noqa: PLC0415
+
+    from face_pipeline.datasets import ShardedArrayDataset  # noqa: PLC0415
 
     images = np.asarray(ShardedArrayDataset(filepath=str(MODEL_INPUT / "val_images")).load())
     truth = pd.read_parquet(MODEL_INPUT / "val_labels.parquet")[args.task].to_numpy("float32")

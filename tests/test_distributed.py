@@ -1,21 +1,26 @@
 """Training on several workers with MultiWorkerMirroredStrategy, on this machine (127.0.0.1).
 
 TensorFlow's gRPC server listens on every interface whatever TF_CONFIG says, so the workers run
-inside ``unshare --net`` (loopback only) where the machine allows it.
+inside ``unshare --net`` (loopback only) where the machine allows it, as ``face-pipeline train
+--workers`` runs them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner
 from conftest import copy_project, run_in_process
 from distributed_worker import TRAINING
 from fake_faces import write_utkface_folder
@@ -25,7 +30,9 @@ from face_pipeline.distribute import (
     cluster_from_environment,
     keras_needs_patch,
     local_tf_configs,
+    loopback_namespace,
     loopback_only,
+    run_local_workers,
 )
 from face_pipeline.pipelines.training.data import make_dataset
 
@@ -40,6 +47,47 @@ def run_workers(workers: int, command: list[str], cwd: Path, env: dict[str, str]
     return subprocess.run(
         loopback_only(launcher), cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+# A worker that starts its strategy (and so its gRPC server), checks that the cluster works with
+# one all-reduce, says where it listens and what interfaces it has, then waits to be probed.
+LISTENING_WORKER = """
+import json, os, sys, time
+import tensorflow as tf
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+total = strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+config = json.loads(os.environ["TF_CONFIG"])
+index = config["task"]["index"]
+port = int(config["cluster"]["worker"][index].rsplit(":", 1)[1])
+with open("/proc/self/net/dev") as lines:
+    interfaces = [line.split(":")[0].strip() for line in list(lines)[2:]]
+out = sys.argv[1]
+with open(f"{out}/{index}.partial", "w") as file:
+    json.dump({"port": port, "interfaces": interfaces, "total": float(total)}, file)
+os.rename(f"{out}/{index}.partial", f"{out}/{index}.json")
+deadline = time.monotonic() + 60
+while not os.path.exists(f"{out}/probed") and time.monotonic() < deadline:
+    time.sleep(0.1)
+"""
+
+
+def this_machine_address() -> str | None:
+    """This machine's address on its network (not loopback); None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 9))  # no packet is sent: this picks the outgoing interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def reachable(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def weights(folder: Path) -> list[np.ndarray]:
@@ -59,6 +107,49 @@ def test_cluster_is_read_from_tf_config():
     assert cluster_from_environment({"TF_CONFIG": json.dumps(tfjob)}) == Cluster(3, 1)
     with pytest.raises(ValueError, match="TF_CONFIG is not a cluster description"):
         cluster_from_environment({"TF_CONFIG": "{}"})
+
+
+@pytest.mark.parametrize("bind_all", [False, True], ids=["loopback", "bind_all"])
+def test_local_workers_are_reachable_on_loopback_only_unless_bind_all(tmp_path, bind_all):
+    address = this_machine_address()
+    if not bind_all and loopback_namespace() is None:
+        pytest.skip("no network namespace can be made here (unshare --net)")
+    if bind_all and address is None:
+        pytest.skip("this machine has no address besides loopback to reach the workers on")
+    command = [sys.executable, "-c", LISTENING_WORKER, str(tmp_path)]
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(run_local_workers, 2, command, {"TF_CPP_MIN_LOG_LEVEL": "2"}, bind_all=bind_all)
+        deadline = time.monotonic() + 90
+        while not all((tmp_path / f"{index}.json").exists() for index in (0, 1)):
+            assert not job.done() and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        workers = [json.loads((tmp_path / f"{index}.json").read_text()) for index in (0, 1)]
+        seen = [reachable(address, worker["port"]) for worker in workers] if address else []
+        (tmp_path / "probed").touch()
+        assert job.result(timeout=60) == 0
+    assert [worker["total"] for worker in workers] == [2.0, 2.0]  # the two workers did reach each other
+    if bind_all:
+        assert all(seen)  # TensorFlow's servers listen on every interface, as on a cluster
+        assert all(len(worker["interfaces"]) > 1 for worker in workers)
+    else:
+        assert not any(seen)
+        assert [worker["interfaces"] for worker in workers] == [["lo"], ["lo"]]
+
+
+def test_face_pipeline_train_keeps_local_workers_on_loopback_unless_bind_all(monkeypatch):
+    from face_pipeline import train_command  # noqa: PLC0415
+
+    calls = []
+    monkeypatch.setattr(train_command, "run_local_workers", lambda *args, **kwargs: calls.append(kwargs) or 0)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for options in (["--workers=2"], ["--workers=2", "--bind-all"]):
+        assert CliRunner().invoke(train_command.train, ["--task=gender", *options]).exit_code == 0
+    assert calls == [{"bind_all": False}, {"bind_all": True}]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@mlflow.example.com")
+    refused = CliRunner().invoke(train_command.train, ["--workers=2"])
+    assert refused.exit_code != 0 and "--bind-all" in refused.output and "secret" not in refused.output
+    assert len(calls) == 2
 
 
 def test_workers_read_distinct_rows_that_together_make_one_process_batches():

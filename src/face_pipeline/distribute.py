@@ -13,6 +13,7 @@ versions known to need it (see docs/distributed.md for why a patch and not a cus
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -192,22 +193,73 @@ def local_tf_configs(workers: int) -> list[str]:
     ]
 
 
-def loopback_only(command: Sequence[str]) -> list[str]:
-    """``command`` inside a new network namespace with only loopback up, where ``unshare`` may make one.
+# The ``unshare`` options that give a command a network namespace of its own, tried in turn: as
+# root (or with CAP_SYS_ADMIN), then as any user, inside a user namespace of its own.
+_NAMESPACE_OPTIONS = (("--net",), ("--user", "--map-root-user", "--net"))
 
-    TensorFlow's gRPC server listens on every interface whatever ``TF_CONFIG`` says; in its own
-    namespace nothing of a local trial is reachable from outside. Elsewhere, ``command`` as it is.
+
+class LoopbackUnavailable(RuntimeError):
+    """This machine cannot give the local workers a network namespace with loopback only."""
+
+
+@functools.cache
+def loopback_namespace() -> tuple[str, ...] | None:
+    """The command prefix that runs a command in a new network namespace with only loopback up.
+
+    ``None`` where ``unshare`` or ``ip`` is missing, or the kernel refuses (not Linux, user
+    namespaces turned off). Tried once per process: each try starts two small programs.
     """
     unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True, check=False).returncode == 0:
-        return [unshare, "--net", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$@"', "sh", *command]
-    return list(command)
+    ip = shutil.which("ip", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if not unshare or not ip:
+        return None
+    for options in _NAMESPACE_OPTIONS:
+        prefix = (unshare, *options, "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh")
+        if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0:
+            return prefix
+    return None
+
+
+def loopback_only(command: Sequence[str]) -> list[str]:
+    """``command`` inside a new network namespace with only loopback up, where the machine allows one.
+
+    TensorFlow's gRPC server listens on every interface whatever ``TF_CONFIG`` says (it binds
+    ``0.0.0.0``, with no setting to change it); in its own namespace the only interface is
+    loopback, so nothing outside can reach it. Elsewhere, ``command`` as it is.
+    """
+    prefix = loopback_namespace()
+    return [*prefix, *command] if prefix else list(command)
+
+
+def run_local_workers(
+    workers: int, command: Sequence[str], env: dict[str, str] | None = None, *, bind_all: bool = False
+) -> int:
+    """Run ``command`` as ``workers`` processes of one cluster on this machine; the worst exit code.
+
+    By default the launcher and its workers share a network namespace with only loopback
+    (``loopback_only``): their gRPC servers cannot be reached from the network, and they cannot
+    reach it either (a tracking server, a bucket, even one on this machine's 127.0.0.1).
+    ``bind_all`` runs them on this machine's network, their servers listening on every
+    interface as TensorFlow's do. Raises ``LoopbackUnavailable`` where no namespace can be made,
+    rather than opening the servers to the network unasked.
+    """
+    launcher = [sys.executable, "-m", "face_pipeline.distribute", str(workers), *command]
+    if not bind_all:
+        if loopback_namespace() is None:
+            raise LoopbackUnavailable(
+                "cannot keep the local workers on loopback here (`unshare --net` and `ip` are needed, "
+                "Linux only): TensorFlow's servers would listen on every interface; "
+                "run them so anyway with --bind-all"
+            )
+        launcher = loopback_only(launcher)
+    return subprocess.run(launcher, env={**os.environ, **(env or {})}, check=False).returncode
 
 
 def launch_local_workers(workers: int, command: Sequence[str], env: dict[str, str] | None = None) -> list[int]:
     """Run ``command`` as ``workers`` processes of one cluster on this machine; their exit codes.
 
-    Each process gets its ``TF_CONFIG``; output goes to this terminal, prefixed by nothing (each
+    They share this process's network: ``run_local_workers`` starts this in a namespace with
+    loopback only. Each process gets its ``TF_CONFIG``; output goes to this terminal, prefixed by nothing (each
     log line names its worker). If one worker fails, the others are stopped: they would wait
     for it forever.
     """
@@ -237,4 +289,6 @@ def launch_local_workers(workers: int, command: Sequence[str], env: dict[str, st
 
 
 if __name__ == "__main__":  # pragma: no cover - used as `python -m face_pipeline.distribute N command...`
-    sys.exit(max(launch_local_workers(int(sys.argv[1]), sys.argv[2:])))
+    exit_codes = launch_local_workers(int(sys.argv[1]), sys.argv[2:])
+    print(f"workers exited with {exit_codes}", flush=True)
+    sys.exit(max(exit_codes))

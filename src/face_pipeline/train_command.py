@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from face_pipeline.distribute import Cluster, cluster_from_environment, launch_local_workers
+from face_pipeline.distribute import Cluster, LoopbackUnavailable, cluster_from_environment, run_local_workers
 
 MODEL_INPUTS = ("train_images", "train_labels", "val_images", "val_labels")
 # What the chief's nodes also read: the embedding heads train and are evaluated on them.
@@ -66,18 +66,32 @@ def train_on_this_worker(task: str, env: str | None, cluster: Cluster, project: 
     type=int,
     default=1,
     show_default=True,
-    help="Start this many local workers (127.0.0.1); without it, run as the worker TF_CONFIG names.",
+    help="Start this many local workers (127.0.0.1, loopback only); without it, run as the worker TF_CONFIG names.",
+)
+@click.option(
+    "--bind-all",
+    is_flag=True,
+    help="With --workers: run the local workers on this machine's network, their servers listening on every "
+    "interface (needed to reach a tracking server or a bucket); by default they have loopback only.",
 )
 @click.option("--env", default=None, help="Kedro configuration environment, as for `kedro run --env`.")
-def train(tasks: tuple[str, ...], workers: int, env: str | None) -> None:
+def train(tasks: tuple[str, ...], workers: int, bind_all: bool, env: str | None) -> None:
     """Train the task networks with tf.distribute: on every worker TF_CONFIG describes, or on N local ones."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if workers > 1 and "TF_CONFIG" not in os.environ:
+        tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not bind_all and tracking.startswith(("http://", "https://")):
+            # With loopback only the chief would retry the server for minutes before failing.
+            raise click.ClickException(
+                "MLFLOW_TRACKING_URI names a tracking server, which local workers with loopback only "
+                "cannot reach: add --bind-all"
+            )
         command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "train"]
         command += [f"--task={task}" for task in tasks] + ([f"--env={env}"] if env else [])
-        codes = launch_local_workers(workers, command)
-        click.echo(f"workers exited with {codes}")
-        sys.exit(max(codes))
+        try:
+            sys.exit(run_local_workers(workers, command, bind_all=bind_all))
+        except LoopbackUnavailable as error:
+            raise click.ClickException(str(error)) from error
     cluster = cluster_from_environment()
     if cluster.distributed:  # before TensorFlow runs anything: collective ops are set up at start
         from face_pipeline.distribute import training_strategy  # noqa: PLC0415
