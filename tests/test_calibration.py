@@ -25,9 +25,10 @@ from face_pipeline.calibration import (
     whole_year_range,
 )
 from face_pipeline.config import ConfigError
+from face_pipeline.labels import AGE_BINS
 from face_pipeline.parameters import check_parameters
 from face_pipeline.pipelines.training.settings import CalibrationSettings
-from face_pipeline.tasks import AGE, AGE_BINS, GENDER
+from face_pipeline.tasks import AGE, GENDER
 
 
 def overconfident_model(count: int, seed: int, sharpness: float = 3.0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from face_pipeline import models
 from face_pipeline.config import ConfigError
+from face_pipeline.labels import AGE_BINS
 from face_pipeline.losses import AgeDistributionLoss
 from face_pipeline.models import (
     ARCHITECTURES,
@@ -20,7 +21,6 @@ from face_pipeline.models import (
     resolve_precision,
     seed_cnn,
 )
-from face_pipeline.tasks import AGE_BINS
 
 
 def seed_parameter_count(size: int = 128, filters=(32, 64, 128, 256), dense: int = 256) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from face_pipeline.tasks import AGE_BINS
+from face_pipeline.labels import AGE_BINS
 
 
 @keras.saving.register_keras_serializable(package="face_pipeline")

@@ -30,7 +30,7 @@ from face_pipeline.calibration import (
     scale_temperature,
 )
 from face_pipeline.config import ConfigError
-from face_pipeline.pipelines.ingestion.nodes import GENDERS  # the label codes 0 and 1
+from face_pipeline.labels import AGE_BINS, GENDERS
 
 if TYPE_CHECKING:
     import keras
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 
 # Keras, matplotlib and scikit-learn are imported where they are used: prediction workers import
 # this module to name the prediction columns and must not start TensorFlow (calibration is NumPy).
-
-# Ages the "distribution" loss spreads its probabilities over: one bin per year.
-AGE_BINS = np.arange(0, 121, dtype="float32")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.pipelines.ingestion.nodes import SPLITS
+from face_pipeline.labels import SPLITS
 
 from .nodes import embed_images, embedding_failures, embedding_summary
 

@@ -14,13 +14,11 @@ import pandas as pd
 
 from face_pipeline.datasets import Refused, outside_folder
 from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
+from face_pipeline.labels import GENDERS, RACES, SPLITS
 from face_pipeline.parallel import map_chunks
 
 logger = logging.getLogger(__name__)
 
-RACES = ("White", "Black", "Asian", "Indian", "Others")
-GENDERS = ("male", "female")
-SPLITS = ("train", "val", "test")
 
 # AGE_GENDER_RACE_DATETIME.jpg.chip.jpg; a few real files lack RACE, one lacks the dot after DATETIME.
 UTKFACE_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?:(?P<race>\d+)_)?\d{8,}")

@@ -4,7 +4,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.pipelines.ingestion.nodes import SPLITS
+from face_pipeline.labels import SPLITS
 
 from .nodes import decode_split, report_failures, split_labels
 
