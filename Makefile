@@ -1,6 +1,7 @@
 # make run   - create .venv if needed, install the project, run every pipeline
 #              (GPU=1: with TensorFlow for NVIDIA GPUs, e.g. make run GPU=1 KEDRO_ENV=gpu)
 # make test  - install if needed, run ruff, the docs build and the default test suite
+# make test-fast - the suite without the integration tests (servers, workers, kedro runs): the edit loop
 # make docs  - serve the documentation site on http://127.0.0.1:8000
 # make ui    - the MLflow UI on the project's store (mlflow.db, artifacts in mlruns/), http://127.0.0.1:5000
 # make viz   - Kedro-Viz, the pipelines drawn, on http://127.0.0.1:4141
@@ -46,7 +47,7 @@ STACK_DIR ?= .stack
 MLFLOW_STORE ?= sqlite:///mlflow.db
 UI_PORT ?= 5000
 
-.PHONY: docs ui viz notebooks install run test test-all bench bench-train bench-predict bench-epochs bench-team screenshots stack stack-down lint format clean
+.PHONY: docs ui viz notebooks install run test test-fast test-all bench bench-train bench-predict bench-epochs bench-team screenshots stack stack-down lint format clean
 
 install: $(STAMP)
 
@@ -75,6 +76,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest
+
+# The edit loop: everything but the tests that start servers, worker processes or `kedro` runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration"
 
 # Slow checks on the real images as well (see the `slow` marker in pyproject.toml).
 test-all: $(STAMP)

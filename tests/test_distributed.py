@@ -36,6 +36,8 @@ from face_pipeline.distribute import (
 )
 from face_pipeline.pipelines.training.data import make_dataset
 
+pytestmark = pytest.mark.integration
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 HERE = Path(__file__).parent

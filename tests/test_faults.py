@@ -25,6 +25,8 @@ from face_pipeline.files import partial_name, written_atomically
 from face_pipeline.hooks import TrackingStoreUnavailable, TrainingInProgress, check_tracking_store, lock_folder
 from face_pipeline.models import build_model
 
+pytestmark = pytest.mark.integration
+
 ARRAYS = ("train_images", "val_images", "test_images")  # folders of shards
 
 

@@ -19,6 +19,8 @@ from face_pipeline.config import ConfigError
 from face_pipeline.console import cli
 from face_pipeline.parameters import IngestionSettings
 
+pytestmark = pytest.mark.integration
+
 
 def linked_folder(root: Path, count: int = 12) -> tuple[Path, list[str]]:
     """``root/linked``: the photos of ``root/store`` as links, the Hugging Face way (a snapshot

@@ -91,8 +91,11 @@ def test_a_value_out_of_range_is_refused_with_its_key(parameters, path, value, m
 
 
 def test_keys_only_set_on_the_command_line_are_known(parameters):
-    # `--params=predict.input_path=...` is read by the catalog; the predict block accepts it.
+    # `--params=predict.input_path=...` is read by the catalog; the predict block accepts it, and
+    # still refuses a misspelt one.
     check_parameters(misspelt(parameters, "predict.input_path", "photos/"))
+    with pytest.raises(ConfigError, match="'input_pth'"):
+        check_parameters(misspelt(parameters, "predict.input_pth", "photos/"))
 
 
 def test_parameter_files_are_found_by_their_top_level_key():

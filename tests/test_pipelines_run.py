@@ -22,6 +22,8 @@ from PIL import Image
 from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.pipeline_registry import register_pipelines
 
+pytestmark = pytest.mark.integration
+
 
 def test_ingestion_then_preprocessing(project, tmp_path, monkeypatch):
     faces = tmp_path / "faces"

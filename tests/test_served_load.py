@@ -23,6 +23,8 @@ from face_pipeline.serving import SERVING_LIMITS, log_face_model, without_stack_
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from load import LEAK_MARKERS, b64, request_mix, run_round, serve, table_body
 
+pytestmark = pytest.mark.integration
+
 SIZE = 32
 SETTINGS = inference_settings({"image": {"size": SIZE, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})
 PHOTOS = [encode(Image.fromarray(data.astronaut()), quality=90)] + [encode(face_like(i, 96)) for i in range(3)]

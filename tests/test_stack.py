@@ -11,6 +11,8 @@ from conftest import PROJECT_ROOT, copy_project
 
 from face_pipeline import stack
 
+pytestmark = pytest.mark.integration
+
 
 def test_starting_over_a_running_stack_is_refused_and_its_record_kept(tmp_path, capsys):
     record = tmp_path / stack.STATE_FILE

@@ -65,7 +65,7 @@ def missing_here() -> str | None:
 MISSING = missing_here()
 if MISSING and os.environ.get(REQUIRED) == "1":
     pytest.fail(f"{MISSING} ({REQUIRED}=1: the team tests must run here)", pytrace=False)
-pytestmark = [pytest.mark.team, *([pytest.mark.skip(reason=MISSING)] if MISSING else [])]
+pytestmark = [pytest.mark.team, pytest.mark.integration, *([pytest.mark.skip(reason=MISSING)] if MISSING else [])]
 
 
 def private_network_available() -> bool:

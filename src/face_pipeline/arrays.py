@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+# Rows per saved shard: what one shard holds in memory while it is written (64 MB of 128 px faces).
+SHARD_ROWS = 4096
+
 
 @dataclass
 class ArrayStream:

@@ -26,7 +26,7 @@ from kedro.io.core import (
 )
 from kedro_datasets.partitions import PartitionedDataset
 
-from face_pipeline.arrays import ShardedArray
+from face_pipeline.arrays import SHARD_ROWS, ShardedArray
 from face_pipeline.files import written_atomically
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class ShardedArrayDataset(AbstractDataset[Iterable[np.ndarray] | np.ndarray, Sha
         self,
         *,
         filepath: str,
-        shard_rows: int = 4096,
+        shard_rows: int = SHARD_ROWS,
         credentials: dict[str, Any] | None = None,
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,

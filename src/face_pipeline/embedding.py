@@ -28,6 +28,7 @@ import numpy as np
 
 from face_pipeline.alignment import ChipGeometry
 from face_pipeline.config import read_block, require_choice, require_range
+from face_pipeline.parallel import CHUNK_SIZE
 
 EMBEDDING_SIZE = 128
 CHIP_SIZE, CHIP_PADDING = 150, 0.25  # dlib's framing for its ResNet (dnn_face_recognition_ex.cpp)
@@ -49,7 +50,7 @@ class EmbeddingSettings:
     backend: str = "keras"
     batch_size: int = 64
     workers: int | None = None
-    chunk_size: int = 256
+    chunk_size: int = CHUNK_SIZE
     scheduler: str | None = None
 
     @classmethod

@@ -59,6 +59,10 @@ class ImageRejected(ValueError):
         self.detail = detail
 
 
+# Images with more pixels are refused before decoding (decompression bombs); conf sets it too.
+MAX_PIXELS = 40_000_000
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """How a photo becomes a network input."""
@@ -66,7 +70,7 @@ class ImageSpec:
     size: int = 128
     color_mode: str = "grayscale"
     resample: str = "linear"
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
 
     @property
     def channels(self) -> int:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
+CHUNK_SIZE = 256  # items a worker gets at a time: the default of every stage that maps over images
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 

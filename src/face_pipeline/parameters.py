@@ -15,10 +15,13 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from face_pipeline.arrays import SHARD_ROWS
 from face_pipeline.config import ConfigError, check_keys, read_block, require_choice
 from face_pipeline.embedding import PREDICT_MODES, EmbeddingSettings
 from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec
+from face_pipeline.images import MAX_PIXELS, ImageSpec
+from face_pipeline.parallel import CHUNK_SIZE
+from face_pipeline.predict import BATCH_SIZE, WORKER_NETWORKS_FROM
 
 LABEL_SOURCES = ("filename", "manifest")
 
@@ -44,10 +47,9 @@ class IngestionSettings:
     labels: LabelSource
     split: SplitSettings
     age_range: tuple[int, int] = (0, 120)
-    max_pixels: int = 50_000_000
+    max_pixels: int = MAX_PIXELS
     workers: int | None = None
-    chunk_size: int = 256
-    shard_images: int = 4096  # rows per saved .npy shard: what one shard holds in memory while written
+    chunk_size: int = CHUNK_SIZE
     scheduler: str | None = None  # a Dask scheduler's address: check files on its workers
     refuse_outside_links: bool = False  # a folder not trusted: links out of it are reported, never read
 
@@ -70,8 +72,8 @@ class PreprocessingSettings:
 
     image: ImageSpec
     workers: int | None = None
-    chunk_size: int = 256
-    shard_images: int = 4096  # rows per saved .npy shard: what one shard holds in memory while written
+    chunk_size: int = CHUNK_SIZE
+    shard_images: int = SHARD_ROWS
     scheduler: str | None = None  # a Dask scheduler's address: decode on its workers
     detection: DetectionSettings | None = None  # photos, not chips: find and align the face first
 
@@ -105,9 +107,9 @@ class PredictSettings:
     """``predict``: how photos are read, searched for faces and batched."""
 
     detection: DetectionSettings
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE
     workers: int | None = None
-    worker_networks_from: int = 15_000
+    worker_networks_from: int = WORKER_NETWORKS_FROM
     annotate: bool = False
     mode: str = "fast"
 

@@ -51,6 +51,9 @@ def prediction_columns(tasks: Iterable[str] = SERVED_TASKS) -> list[str]:
 PREDICTION_COLUMNS = prediction_columns()
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/")
 SETTINGS_FILE = "inference_settings.json"
+BATCH_SIZE = 64  # faces the networks take at a time (predict.batch_size)
+# Photos from which each worker process runs its own copy of the networks (predict.worker_networks_from).
+WORKER_NETWORKS_FROM = 15_000
 ACCURATE_KEY = "__accurate__"  # the embedding heads among the networks a worker process loads
 
 
@@ -498,10 +501,10 @@ class FacePredictor:
     models: Mapping[str, Any]
     spec: ImageSpec = field(default_factory=ImageSpec)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE
     workers: int | None = 1
     chunk_size: int = 128
-    worker_networks_from: int = 15_000
+    worker_networks_from: int = WORKER_NETWORKS_FROM
     calibration: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     accurate: EmbeddingHeads | None = None
 

@@ -15,7 +15,7 @@ import pandas as pd
 from face_pipeline.datasets import Refused, outside_folder
 from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
 from face_pipeline.labels import GENDERS, RACES, SPLITS
-from face_pipeline.parallel import map_chunks
+from face_pipeline.parallel import CHUNK_SIZE, map_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
         _inspect_chunk,
         images,
         workers=params.get("workers"),
-        chunk_size=params.get("chunk_size", 256),
+        chunk_size=params.get("chunk_size", CHUNK_SIZE),
         scheduler=params.get("scheduler"),
         description="Inspecting images",
         max_pixels=params["max_pixels"],

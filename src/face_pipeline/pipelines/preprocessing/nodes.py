@@ -9,18 +9,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.arrays import ArrayStream, ShardedArray
+from face_pipeline.arrays import SHARD_ROWS, ArrayStream, ShardedArray
 from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import ImageRejected, ImageSpec, decode_face
-from face_pipeline.parallel import map_chunks
+from face_pipeline.parallel import CHUNK_SIZE, map_chunks
 from face_pipeline.predict import prepare_photo
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ["image_id", "age", "gender", "race"]
 FAILURE_COLUMNS = ["path", "reason", "detail"]
-DEFAULT_SHARD_IMAGES = 4096
 
 
 def _decode_chunk(
@@ -79,14 +78,14 @@ def decode_split(
         _decode_chunk,
         [raw_images[image_id] for image_id in rows["image_id"]],
         workers=params.get("workers"),
-        chunk_size=params.get("chunk_size", 256),
+        chunk_size=params.get("chunk_size", CHUNK_SIZE),
         scheduler=params.get("scheduler"),
         description=f"Decoding {split} images",
         spec=spec,
         detection=detection,
     )
     kept = _without_failures(chunks, failures, split)
-    shards = _in_shards(kept, params.get("shard_images", DEFAULT_SHARD_IMAGES), (0, *spec.shape))
+    shards = _in_shards(kept, params.get("shard_images", SHARD_ROWS), (0, *spec.shape))
     return ArrayStream(shards, {"failures": failures})
 
 
