@@ -16,6 +16,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fake_faces import write_utkface_folder
+from small_models import save_small_models
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,3 +111,8 @@ def run_in_process(
     finally:
         while mlflow.active_run() is not None:  # a run left open would take the next session's params
             mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    return save_small_models(tmp_path_factory.mktemp("models"))

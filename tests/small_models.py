@@ -1,10 +1,17 @@
-"""Tiny untrained networks saved as training saves them, with a calibration and inference settings."""
+"""Tiny untrained networks saved as training saves them, with a calibration and inference settings;
+the photos and stand-in networks the prediction tests share."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+from fake_faces import encode
+from PIL import Image
+from skimage import data
+
+from face_pipeline.images import ImageSpec
 from face_pipeline.models import build_model, compile_model, inference_model
 from face_pipeline.predict import inference_settings
 
@@ -35,3 +42,21 @@ def save_small_models(folder: Path) -> dict[str, Path]:
     paths["settings"] = folder / "inference_settings.json"
     paths["settings"].write_text(json.dumps(SETTINGS))
     return paths
+
+
+# Photos and stand-ins the prediction tests share.
+SPEC = ImageSpec(size=SIZE)
+PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
+ANSWER_COLUMNS = ["gender_uncertain", "age_low", "age_high"]
+CROP = encode(Image.fromarray(data.astronaut()).crop((160, 50, 300, 190)), "PNG")
+
+
+class Recorder:
+    """A stand-in network that records its inputs and answers a fixed value."""
+
+    def __init__(self, value: float):
+        self.value, self.inputs = value, []
+
+    def predict_on_batch(self, batch):
+        self.inputs.append(np.array(batch))
+        return np.full((len(batch), 1), self.value, dtype=np.float32)
