@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from face_pipeline.distribute import cluster_from_environment
-from face_pipeline.pipelines.training import nodes
+from face_pipeline.pipelines.training import nodes, run
 
 MODEL = {
     "architecture": "default_cnn",
@@ -67,8 +67,8 @@ def kill_in_epoch(worker: int, epoch: int) -> None:
             if self.epoch == epoch and batch == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    original = nodes.training_callbacks
-    nodes.training_callbacks = lambda *args, **kwargs: [*original(*args, **kwargs), Killer()]
+    original = run.training_callbacks
+    run.training_callbacks = lambda *args, **kwargs: [*original(*args, **kwargs), Killer()]
 
 
 def main(out: Path, backup: str | None = None, kill: str | None = None) -> None:

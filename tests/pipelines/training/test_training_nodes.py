@@ -9,7 +9,7 @@ import pytest
 
 from face_pipeline.config import ConfigError
 from face_pipeline.models import build_model, compile_model
-from face_pipeline.pipelines.training import backup, batch_norm, callbacks, nodes
+from face_pipeline.pipelines.training import backup, batch_norm, callbacks, run
 from face_pipeline.pipelines.training import budget as time_budget
 from face_pipeline.pipelines.training.data import make_dataset
 from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves, train_model
@@ -164,17 +164,17 @@ class Interrupted(Exception):
 
 
 def train_until_killed_after_second_epoch(data, params: dict, monkeypatch) -> None:
-    original = nodes.EpochLog.on_epoch_end
+    original = run.EpochLog.on_epoch_end
 
     def crash_after_second_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 1:
             raise Interrupted
 
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", crash_after_second_epoch)
+    monkeypatch.setattr(run.EpochLog, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(Interrupted):
         train_model(*data, {"target": "gender"}, MODEL, params)
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", original)
+    monkeypatch.setattr(run.EpochLog, "on_epoch_end", original)
 
 
 def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path, monkeypatch):
@@ -193,13 +193,13 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path,
 
 @pytest.mark.parametrize(("start_epoch", "epochs_run"), [(0, 2), (2, 4)])
 def test_early_stopping_waits_for_its_start_epoch(data, monkeypatch, start_epoch, epochs_run):
-    original = nodes.EpochLog.on_epoch_end
+    original = run.EpochLog.on_epoch_end
 
     def worsening_validation(self, epoch, logs=None):
         original(self, epoch, logs)
         logs["val_loss"] = float(epoch)  # EarlyStopping, later in the list, sees this
 
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", worsening_validation)
+    monkeypatch.setattr(run.EpochLog, "on_epoch_end", worsening_validation)
     params = training_params(epochs=4, early_stopping_patience=1, early_stopping_start_epoch=start_epoch)
     _, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == epochs_run
@@ -257,21 +257,21 @@ def test_after_re_estimation_the_better_of_restored_and_last_epoch_is_kept(data,
 
 
 def test_training_compares_the_last_epoch_when_early_stopping_restored_an_earlier_one(data, monkeypatch, caplog):
-    original = nodes.EpochLog.on_epoch_end
+    original = run.EpochLog.on_epoch_end
 
     def worsening_validation(self, epoch, logs=None):
         original(self, epoch, logs)
         logs["val_loss"] = float(epoch)  # epoch 1 stays the best for early stopping
 
-    monkeypatch.setattr(nodes.EpochLog, "on_epoch_end", worsening_validation)
+    monkeypatch.setattr(run.EpochLog, "on_epoch_end", worsening_validation)
     seen = []
-    original_end = nodes.EarlyStoppingKeepingLast.on_epoch_end
+    original_end = run.EarlyStoppingKeepingLast.on_epoch_end
 
     def record(self, epoch, logs=None):
         seen.append(self.model.get_weights())
         original_end(self, epoch, logs)
 
-    monkeypatch.setattr(nodes.EarlyStoppingKeepingLast, "on_epoch_end", record)
+    monkeypatch.setattr(run.EarlyStoppingKeepingLast, "on_epoch_end", record)
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "batch_norm": True}}
     params = training_params(epochs=3, early_stopping_patience=5, batch_norm_recalibration=64)
     with caplog.at_level("INFO", logger="face_pipeline"):
@@ -348,7 +348,7 @@ def fake_step_seconds(full: float):
 
 def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, caplog):
     # 6 s per step: 28 s per epoch in a 1-minute budget, 2 of 6 epochs.
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))
+    monkeypatch.setattr(run, "measure_step_seconds", fake_step_seconds(6.0))
     params = training_params(
         tmp_path, epochs=6, time_budget_minutes=1, early_stopping_patience=1, early_stopping_start_epoch=3
     )
@@ -363,10 +363,10 @@ def test_a_time_budget_plans_the_epochs_that_fit(data, tmp_path, monkeypatch, ca
 
 def test_a_resumed_run_keeps_its_planned_epochs(data, tmp_path, monkeypatch):
     params = training_params(tmp_path, epochs=6, time_budget_minutes=2)
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))  # 28 s epochs: 4 of 6
+    monkeypatch.setattr(run, "measure_step_seconds", fake_step_seconds(6.0))  # 28 s epochs: 4 of 6
     train_until_killed_after_second_epoch(data, params, monkeypatch)
     # The machine now seems slower (1 epoch would fit), but the resumed run finishes its plan: epochs 2-4.
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(30.0))
+    monkeypatch.setattr(run, "measure_step_seconds", fake_step_seconds(30.0))
     _, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == 3
 
@@ -413,7 +413,7 @@ def test_time_limit_stops_before_an_epoch_that_would_overrun(monkeypatch, caplog
 def test_a_time_budget_trains_on_smaller_faces_on_a_slow_machine(
     data, monkeypatch, caplog, full_step, downsample, epochs, log
 ):
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(full_step))
+    monkeypatch.setattr(run, "measure_step_seconds", fake_step_seconds(full_step))
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "downsample": "auto"}}
     params = training_params(epochs=5, time_budget_minutes=1)
     with caplog.at_level("INFO", logger="face_pipeline"):
@@ -429,7 +429,7 @@ def test_a_time_budget_trains_on_smaller_faces_on_a_slow_machine(
 
 def test_a_time_budget_plans_a_network_without_downsampling(data, monkeypatch, caplog):
     # The seed network has no downsample option; its probe is the network as configured.
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))
+    monkeypatch.setattr(run, "measure_step_seconds", fake_step_seconds(6.0))
     seed_options = {**MODEL, "architecture": "seed_cnn", "seed_cnn": {"filters": [4], "dense_units": 4}}
     with caplog.at_level("INFO", logger="face_pipeline"):
         _, history, _ = train_model(
@@ -476,7 +476,7 @@ def test_a_re_split_data_set_of_the_same_size_does_not_resume_foreign_weights(da
 
 
 def test_training_decisions_record_what_the_run_chose(data, monkeypatch):
-    monkeypatch.setattr(nodes, "measure_step_seconds", fake_step_seconds(6.0))  # 28 s epochs: 2 of 5 in a minute
+    monkeypatch.setattr(run, "measure_step_seconds", fake_step_seconds(6.0))  # 28 s epochs: 2 of 5 in a minute
     params = training_params(epochs=5, time_budget_minutes=1, early_stopping_patience=3)
     _, history, decisions = train_model(*data, {"target": "gender"}, MODEL, params)
     assert decisions["planned_epochs"] == 2 and decisions["plan"] == "measured"

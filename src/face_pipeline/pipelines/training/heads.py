@@ -23,7 +23,7 @@ from face_pipeline.tasks import get_task
 
 from .callbacks import EpochLog, metric_name
 from .data import model_targets
-from .nodes import configure_runtime, task_target
+from .run import configure_runtime, task_target
 from .settings import CalibrationSettings, HeadSettings
 
 logger = logging.getLogger(__name__)
