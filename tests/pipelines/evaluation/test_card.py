@@ -122,11 +122,24 @@ def test_the_card_has_every_part_and_the_numbers_of_the_reports():
     children = next(row for row in section["groups"] if row["group"] == "0-12")
     assert re.search(rf"\*\*Children\*\*: `gender` accuracy for ages 0-12 is {children['accuracy']:.3f}", card)
     # The head worse than the network on Asian faces: said, with the numbers of the comparison.
-    assert "on Asian test faces (200) the `gender` embedding head alone scores 0.800" in card
-    assert "network's 0.900, the mix (`--mode accurate`) 0.850" in card
+    said = "on Asian test faces (200) the `gender` embedding head scores accuracy 0.800 alone against the "
+    assert said + "network's 0.900, the mix (`--mode accurate`) 0.850: the embedding is weaker there" in card
     assert "White test faces" not in card  # the head is not worse there
     assert "Not measured by the run that wrote this card" in card
     assert "non-commercial" in card.lower() and "surveillance" in card.lower()
+
+
+def test_where_the_head_gains_everywhere_the_card_names_its_smallest_gain():
+    table = predictions()
+    _, section = gender_section(table)
+    modes = [
+        {**row, "accuracy": 0.95} if (row["variant"], row["group"]) == ("head", "Asian") else row
+        for row in section["modes"]
+    ]
+    run = {"profile": "default", "run_id": None, "date": None, "git_commit": None}
+    card = write_model_card(DATA, {}, {}, run, CARD, {**section, "modes": modes})
+    said = "the `gender` embedding head gains least on White test faces (200): accuracy 0.930 alone against "
+    assert said + "the network's 0.930, the mix (`--mode accurate`) 0.930." in card
 
 
 def test_the_card_of_a_run_with_another_folder_and_a_quick_profile():
@@ -153,6 +166,9 @@ def test_the_card_of_a_run_with_another_folder_and_a_quick_profile():
     assert "The saved networks on `aaf_dev`" in card
     assert f"{report['accuracy']:.3f} ({folder['low']:.3f}–{folder['high']:.3f})" in card
     assert "on `aaf_dev`" in card and "**Another population**: `gender` accuracy" in card
+    assert "`gender` by age band:\n\n| group |" in card
+    # The head's weakest race group, and the head against the network on the other folder.
+    assert "on `aaf_dev` the head alone scores 0.900 against the network's 0.900." in card
 
 
 def test_describe_run_outside_mlflow_names_the_profile():

@@ -451,24 +451,30 @@ def _results(sections: list[dict[str, Any]], settings: ModelCardSettings, where:
     return [*lines, ""]
 
 
-def _by_group(section: dict[str, Any], settings: ModelCardSettings) -> list[str]:
+def _group_table(section: dict[str, Any], grouping: str, settings: ModelCardSettings) -> list[str]:
+    """One grouping's table: each group's faces, headline metric with its interval, and answers' scores."""
     headline = section["headline"]
-    answers = [name for name in GROUP_SCORES if any(row.get(name) is not None for row in section["groups"])]
+    members = [row for row in section["groups"] if row["grouping"] == grouping]
+    answers = [name for name in GROUP_SCORES if any(row.get(name) is not None for row in members)]
     header = ["group", "faces", f"{_label(headline)} ({_confidence(settings)} interval)", *map(_label, answers)]
+    rows = [
+        [
+            row["group"],
+            f"{row['count']:,}",
+            _with_interval(headline, row[headline], row["low"], row["high"]),
+            *(_format(name, row.get(name)) for name in answers),
+        ]
+        for row in members
+    ]
+    return _table(header, rows) if rows else []
+
+
+def _by_group(section: dict[str, Any], settings: ModelCardSettings) -> list[str]:
     lines = []
     for grouping in GROUPINGS:
-        rows = [
-            [
-                row["group"],
-                f"{row['count']:,}",
-                _with_interval(headline, row[headline], row["low"], row["high"]),
-                *(_format(name, row.get(name)) for name in answers),
-            ]
-            for row in section["groups"]
-            if row["grouping"] == grouping
-        ]
-        if rows:
-            lines += [f"By {grouping.replace('_', ' ')}:", "", *_table(header, rows)]
+        table = _group_table(section, grouping, settings)
+        if table:
+            lines += [f"By {grouping.replace('_', ' ')}:", "", *table]
     for grouping, gap in section["gaps"].items():
         lines.append(
             f"- Largest gap by {grouping.replace('_', ' ')} (groups of {section['min_group_size']}+ faces): "
@@ -565,11 +571,9 @@ def _cross_dataset(sections: list[dict[str, Any]], settings: ModelCardSettings) 
     lines.append("")
     lines += _results(sections, settings, f"`{folder}`")
     for section in sections:
-        rows = [row for row in section["groups"] if row["grouping"] == "age_band"]
-        if rows:
-            lines.append(f"`{section['task']}` by age band:")
-            lines.append("")
-            lines += _by_group({**section, "groups": rows, "gaps": {}}, settings)[:-1]
+        table = _group_table(section, "age_band", settings)
+        if table:
+            lines += [f"`{section['task']}` by age band:", "", *table]
     lines += _calibration(sections)
     lines += ["With the embedding head:", "", *_modes_table(sections)]
     return lines
@@ -663,25 +667,47 @@ def youngest_band(section: dict[str, Any]) -> str:
 
 
 def _embedding_by_race(tests: dict[str, dict[str, Any]], external: dict[str, dict[str, Any]]) -> list[str]:
-    """The race groups where the embedding head scores worse than the network alone."""
+    """The race group (of ``min_group_size`` faces or more) where the embedding head does worst against
+    the network alone: the face embedding is known to be weaker on some groups of faces."""
     lines = []
     for task, section in tests.items():
         headline, sign = section["headline"], 1 if section["higher_is_better"] else -1
         by_variant = {(row["variant"], row["group"]): row for row in section["modes"] if row["grouping"] == "race"}
-        for (variant, group), network in sorted(by_variant.items()):
-            head, mix = by_variant.get(("head", group)), by_variant.get(("combined", group))
-            if variant != "network" or head is None or network.get(headline) is None or head.get(headline) is None:
-                continue
-            if network["count"] < section["min_group_size"] or sign * (head[headline] - network[headline]) >= 0:
-                continue
+        gains = {
+            group: sign * (by_variant[("head", group)][headline] - network[headline])
+            for (variant, group), network in by_variant.items()
+            if variant == "network"
+            and network["count"] >= section["min_group_size"]
+            and network.get(headline) is not None
+            and (by_variant.get(("head", group)) or {}).get(headline) is not None
+        }
+        if not gains:
+            continue
+        group = min(gains, key=lambda name: (gains[name], name))
+        network, head = by_variant[("network", group)], by_variant[("head", group)]
+        mix = by_variant.get(("combined", group)) or {}
+        figures = (
+            f"{_label(headline)} {_format(headline, head[headline])} alone against the network's "
+            f"{_format(headline, network[headline])}, the mix (`--mode accurate`) "
+            f"{_format(headline, mix.get(headline))}"
+        )
+        if gains[group] < 0:
             text = (
                 f"- **The face embedding by race**: on {group} test faces ({network['count']:,}) the `{task}` "
-                f"embedding head alone scores {_format(headline, head[headline])} ({_label(headline)}) against the "
-                f"network's {_format(headline, network[headline])}"
+                f"embedding head scores {figures}: the embedding is weaker there than the network"
             )
-            if mix is not None and mix.get(headline) is not None:
-                text += f", the mix (`--mode accurate`) {_format(headline, mix[headline])}"
-            lines.append(text + ".")
+        else:
+            text = (
+                f"- **The face embedding by race**: the `{task}` embedding head gains least on {group} test faces "
+                f"({network['count']:,}): {figures}"
+            )
+        other = {row["variant"]: row for row in (external.get(task) or {}).get("modes", []) if row["grouping"] == "all"}
+        if {"head", "network"} <= set(other):
+            text += (
+                f"; on `{external[task]['folder']}` the head alone scores {_format(headline, other['head'][headline])} "
+                f"against the network's {_format(headline, other['network'][headline])}"
+            )
+        lines.append(text + ".")
     return lines
 
 
