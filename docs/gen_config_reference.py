@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "configuration.md"
 FILES = [
     "globals.yml",
+    "parameters.yml",
     "parameters_ingestion.yml",
     "parameters_preprocessing.yml",
     "parameters_train_gender.yml",

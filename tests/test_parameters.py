@@ -106,7 +106,7 @@ def test_parameter_files_are_found_by_their_top_level_key():
     assert parameter_files("nothing", PROJECT_ROOT / "conf") == []
 
 
-@pytest.mark.parametrize("env", ["seed", "gpu", "team"])
+@pytest.mark.parametrize("env", ["seed", "gpu", "team", "quick"])
 def test_every_environment_passes(env, monkeypatch):
     from face_pipeline.settings import CONFIG_LOADER_ARGS  # noqa: PLC0415
 
@@ -117,3 +117,27 @@ def test_every_environment_passes(env, monkeypatch):
     if env == "gpu":  # only the keys it names differ from base
         assert parameters["gender"]["training"]["time_budget_minutes"] is None
         assert parameters["gender"]["model"]["architecture"] == "default_cnn"
+    if env == "quick":  # a first look: a sample, small networks, minutes; and it says so
+        from face_pipeline.hooks import profile_name  # noqa: PLC0415
+
+        assert parameters["ingestion"]["max_images"] and parameters["ingestion"]["split"]["seed"] == 42
+        assert parameters["gender"]["training"]["time_budget_minutes"] <= 3
+        assert profile_name(parameters) == "quick" and "first look" in parameters["run"]["note"]
+
+
+def test_the_profile_is_the_architectures_unless_named():
+    from face_pipeline.hooks import profile_name  # noqa: PLC0415
+
+    seed = {"gender": {"model": {"architecture": "seed_cnn"}}, "age": {"model": {"architecture": "default_cnn"}}}
+    assert profile_name(seed) == "default+seed"
+    assert profile_name({**seed, "run": {"profile": None, "note": None}}) == "default+seed"
+    assert profile_name({**seed, "run": {"profile": "quick"}}) == "quick"
+
+
+def test_model_card_and_sample_settings_are_checked(parameters):
+    with pytest.raises(ConfigError, match=r"model_card\.confidence must be positive and below 1; got 95"):
+        check_parameters(misspelt(parameters, "model_card.confidence", 95))
+    with pytest.raises(ConfigError, match=r"ingestion\.max_images must be at least 1; got 0"):
+        check_parameters(misspelt(parameters, "ingestion.max_images", 0))
+    with pytest.raises(ConfigError, match=r"'profil' in parameters 'run'"):
+        check_parameters(misspelt(parameters, "run.profil", "quick"))

@@ -19,6 +19,7 @@ from conftest import PROJECT_ROOT, kedro, run_in_process, use_small_networks
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 from PIL import Image
 
+from face_pipeline.bootstrap import bootstrap_interval
 from face_pipeline.datasets import ShardedArrayDataset
 from face_pipeline.pipeline_registry import register_pipelines
 
@@ -125,6 +126,54 @@ def test_a_whole_run_is_tracked_in_mlflow(trained_project):
     assert len(versions) == 1  # one versioned native Keras file per run
 
 
+CARD_PARTS = (
+    "## Model details",
+    "## Training decisions",
+    "## Data",
+    "## Test results",
+    "## By age band, gender and race",
+    "## Calibration and age ranges",
+    "## `--mode accurate`",
+    "## Another population",
+    "## Limitations",
+    "## Intended uses",
+    "## Out of scope",
+)
+
+
+def test_a_whole_run_writes_the_model_card(trained_project, tmp_path):
+    run = whole_run(trained_project)
+    client = mlflow.MlflowClient()
+    # The card the run logged (the file on disk is rewritten by later runs, e.g. evaluate_folder).
+    card = Path(client.download_artifacts(run.info.run_id, "model_card.md", str(tmp_path))).read_text()
+    for part in CARD_PARTS:
+        assert part in card, part
+    assert run.info.run_id in card and "`__default__ · default · local`" in card
+    commit = run.data.tags.get("git_commit")  # none for a project copy outside git
+    assert (f"git commit `{commit}`" if commit else "not in a git work tree") in card
+    summary = json.loads((trained_project / "data/08_reporting/data_summary.json").read_text())
+    assert f"{summary['images']:,} usable images, {summary['rejected']:,} files rejected" in card
+    reports = trained_project / "data/08_reporting"
+    for task, metric, label, digits in (("gender", "accuracy", "accuracy", 3), ("age", "mae", "MAE (years)", 2)):
+        report = json.loads((reports / f"{task}_metrics.json").read_text())
+        table = pd.read_parquet(trained_project / f"data/07_model_output/{task}_test_predictions.parquet")
+        per_face = (
+            ((table["y_pred"] >= 0.5) == (table["y_true"] == 1)).to_numpy(float)
+            if metric == "accuracy"
+            else (table["y_pred"] - table["y_true"]).abs().to_numpy()
+        )
+        low, high = bootstrap_interval(per_face, resamples=1000, confidence=0.95, seed=0)
+        assert low <= report[metric] <= high
+        shown = f"| `{task}` | {label} | {report[metric]:.{digits}f} ({low:.{digits}f}–{high:.{digits}f}) | "
+        assert shown + f"{report['images']:,} |" in card, (shown, card[:3000])
+        decided = json.loads((reports / f"{task}_training_decisions.json").read_text())
+        assert f"epochs_run `{decided['epochs_run']}`" in card
+    # Packaged with the served model, as the artifact model_card.
+    uri = (trained_project / "data/06_models/face_model_uri.txt").read_text()
+    packaged = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "face_model")))
+    assert (packaged / "artifacts/model_card.md").read_text() == card
+
+
 def test_evaluate_saved_models_on_another_folder(trained_project, tmp_path, monkeypatch):
     other = tmp_path / "other_faces"
     write_utkface_folder(other, 20, size=100, seed=9)
@@ -154,6 +203,12 @@ def test_evaluate_saved_models_on_another_folder(trained_project, tmp_path, monk
     run = mlflow.search_runs(experiment_names=["face_pipeline"], order_by=["start_time DESC"], output_format="list")[0]
     assert run.data.tags["pipeline_names"] == "['evaluate_folder']"
     assert {"external.gender.test_accuracy", "external.age.test_mae"} <= set(run.data.metrics)
+    # The model card, rewritten with the saved networks' figures on the folder.
+    card = (reports / "model_card.md").read_text()
+    external = json.loads((reports / "external_gender_metrics.json").read_text())
+    assert f"The saved networks on `{other.name}`" in card and "Not measured" not in card
+    assert f"| `gender` | accuracy | {external['accuracy']:.3f} (" in card
+    assert "model_card.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
 
 def test_whole_run_logs_the_served_model(trained_project):

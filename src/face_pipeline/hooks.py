@@ -48,10 +48,14 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
 
 
 def profile_name(parameters: dict[str, Any]) -> str:
-    """The training profile of ``parameters``: ``default`` or ``seed`` after the tasks' architectures
-    (``default_cnn``, ``seed_cnn``), both joined by ``+`` when the tasks differ."""
+    """The training profile of ``parameters``: ``run.profile`` where set (``quick``), else ``default``
+    or ``seed`` after the tasks' architectures (``default_cnn``, ``seed_cnn``), both joined by ``+``
+    when the tasks differ."""
     from face_pipeline.tasks import TASKS  # noqa: PLC0415
 
+    named = (parameters.get("run") or {}).get("profile")
+    if named:
+        return str(named)
     architectures = {
         str(parameters[task].get("model", {}).get("architecture", "")).removesuffix("_cnn")
         for task in TASKS
@@ -100,6 +104,27 @@ class MlflowTagsHook:
     def _tag_manifest(manifest: pd.DataFrame) -> None:
         if mlflow.active_run() is not None:
             mlflow.set_tags({"data.manifest_sha1": manifest_hash(manifest), "data.images": len(manifest)})
+
+
+class RunNoteHook:
+    """Says ``run.note`` (e.g. the quick profile's "a first look") in the log at the start and the end
+    of a run, where it cannot be missed among the stages' lines."""
+
+    def __init__(self) -> None:
+        self._said: str | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        parameters = catalog.load("parameters") if "parameters" in catalog else {}
+        note = (parameters.get("run") or {}).get("note")
+        self._said = f"Profile {profile_name(parameters)}: {note}" if note else None
+        if self._said:
+            logger.warning(self._said)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], run_result: Any, pipeline, catalog) -> None:
+        if self._said:
+            logger.warning("%s (end of the run)", self._said)
 
 
 class TrackingStoreUnavailable(RuntimeError):

@@ -16,7 +16,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from face_pipeline.arrays import SHARD_ROWS
-from face_pipeline.config import ConfigError, check_keys, read_block, require_choice
+from face_pipeline.config import ConfigError, check_keys, read_block, require_choice, require_range
 from face_pipeline.embedding import PREDICT_MODES, EmbeddingSettings
 from face_pipeline.faces import DetectionSettings
 from face_pipeline.images import MAX_PIXELS, ImageSpec
@@ -52,6 +52,7 @@ class IngestionSettings:
     chunk_size: int = CHUNK_SIZE
     scheduler: str | None = None  # a Dask scheduler's address: check files on its workers
     refuse_outside_links: bool = False  # a folder not trusted: links out of it are reported, never read
+    max_images: int | None = None  # a sample of at most this many image files; None = every file
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "ingestion") -> IngestionSettings:
@@ -63,6 +64,8 @@ class IngestionSettings:
         require_choice(labels.source, LABEL_SOURCES, f"{block}.labels.source")
         split = read_block(SplitSettings, values.get("split"), f"{block}.split")
         check_keys(split.fractions, {"train", "val", "test"}, f"{block}.split.fractions")
+        if values.get("max_images") is not None:
+            require_range(values["max_images"], f"{block}.max_images", at_least=1)
         return read_block(cls, {**values, "labels": labels, "split": split}, block)
 
 
@@ -95,6 +98,34 @@ class EvaluationSettings:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "evaluation") -> EvaluationSettings:
+        return read_block(cls, params, block)
+
+
+@dataclass(frozen=True)
+class ModelCardSettings:
+    """``model_card``: the bootstrap intervals of the model card's test figures."""
+
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "model_card") -> ModelCardSettings:
+        settings = read_block(cls, params, block)
+        require_range(settings.bootstrap_resamples, f"{block}.bootstrap_resamples", at_least=1)
+        require_range(settings.confidence, f"{block}.confidence", above=0, below=1)
+        return settings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """``run``: what kind of run this is (its profile's name) and a line said at its start and end."""
+
+    profile: str | None = None
+    note: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], block: str = "run") -> RunSettings:
         return read_block(cls, params, block)
 
 
@@ -172,6 +203,8 @@ BLOCKS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
     "external_preprocessing": PreprocessingSettings.from_params,
     "finetune_preprocessing": PreprocessingSettings.from_params,
     "evaluation": EvaluationSettings.from_params,
+    "model_card": ModelCardSettings.from_params,
+    "run": RunSettings.from_params,
     "predict": PredictSettings.from_params,
     "registry": RegistrySettings.from_params,
     "finetuning": _finetuning_block,

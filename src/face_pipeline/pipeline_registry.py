@@ -5,6 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from face_pipeline.pipelines import embeddings, evaluation, finetuning, ingestion, predict, preprocessing, training
+from face_pipeline.predict import SERVED_TASKS
 from face_pipeline.tasks import TASKS
 
 
@@ -26,21 +27,27 @@ def register_pipelines() -> dict[str, Pipeline]:
     evaluate = {task: evaluation.create_pipeline(task=task) for task in TASKS}
     settings = predict.create_settings_pipeline()
     trained_and_evaluated = sum((train[task] + evaluate[task] for task in TASKS), Pipeline([]))
+    # The model card of the networks a pipeline evaluates (08_reporting/model_card.md, in the run
+    # and packaged with face_model), from their reports.
+    card = evaluation.create_card_pipeline
     return {
         "ingestion": ingest,
         "preprocessing": ingest + preprocessing.create_pipeline(),
         # dlib's face embedding of every labelled image, cached by content (for the embedding heads).
         "embeddings": prepare,
-        **{f"train_{task}": prepare + train[task] + evaluate[task] + settings for task in TASKS},
+        **{f"train_{task}": prepare + train[task] + evaluate[task] + settings + card([task]) for task in TASKS},
         # Scores the latest saved models again, e.g. after changing the evaluation parameters.
-        "evaluation": sum(evaluate.values(), Pipeline([])),
-        # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining.
-        "evaluate_folder": evaluation.create_folder_pipeline(),
+        "evaluation": sum(evaluate.values(), Pipeline([])) + card(TASKS),
+        # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining; the card
+        # rewritten with their figures there.
+        "evaluate_folder": evaluation.create_folder_pipeline(SERVED_TASKS)
+        + card(SERVED_TASKS, folder_scope="external"),
         # The saved models trained further on another population's labelled folder (FINETUNE_DATA_DIR).
         "finetune": finetuning.create_pipeline(),
         # Gender and age for new photos (predict.input_path), with the saved models.
         "predict": predict.create_pipeline(),
-        # Both models bundled with detection and preprocessing as the MLflow model face_model.
+        # Both models bundled with detection and preprocessing as the MLflow model face_model, with
+        # the model card the last training or evaluation wrote.
         "package_model": settings + predict.create_packaging_pipeline(),
-        "__default__": prepare + trained_and_evaluated + settings + predict.create_packaging_pipeline(),
+        "__default__": prepare + trained_and_evaluated + settings + card(TASKS) + predict.create_packaging_pipeline(),
     }

@@ -62,6 +62,7 @@ class ServingLimits:
 
 
 SERVING_LIMITS = ServingLimits()
+MODEL_CARD = "model_card"  # the served model's artifact holding the card (Markdown)
 # What a logged model needs to load, pinned to the versions installed (MLflow adds itself).
 # Pinning them here spares MLflow's requirement inference, which loads each model in a fresh
 # Python process (about 20 s per model). Each entry: alternative distributions, first found wins.
@@ -341,13 +342,16 @@ def log_face_model(
     gender_combination: dict[str, Any] | None = None,
     age_combination: dict[str, Any] | None = None,
     predict: dict[str, Any] | None = None,
+    model_card: str | None = None,
 ) -> str:
     """Log the bundled model as ``face_model`` into the active MLflow run; returns its URI.
 
     Node function: kedro-mlflow's model dataset cannot attach the two networks as artifacts,
     so the node logs the model itself (into the run kedro-mlflow opened). The networks'
     calibrations travel in its config; the embedding heads (where given) as artifacts, their
-    combinations in the config, and ``mode`` (``predict.mode``) says whether they answer.
+    combinations in the config, and ``mode`` (``predict.mode``) says whether they answer. The
+    model card (where given, Markdown) travels as the artifact ``model_card``:
+    ``face_model/artifacts/model_card.md``.
     """
     heads = {"gender": gender_head, "age": age_head}
     combinations = {"gender": gender_combination, "age": age_combination}
@@ -368,6 +372,9 @@ def log_face_model(
         paths = {name: str(Path(folder) / f"{name}.keras") for name in networks}
         for name, network in networks.items():
             network.save(paths[name])
+        if model_card is not None:
+            paths[MODEL_CARD] = str(Path(folder) / f"{MODEL_CARD}.md")
+            Path(paths[MODEL_CARD]).write_text(model_card, encoding="utf-8")
         info = mlflow.pyfunc.log_model(
             name="face_model",
             python_model=FaceModel(),

@@ -6,7 +6,7 @@ import sys
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, TrackingStoreCheck
+from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, RunNoteHook, TrackingStoreCheck
 from face_pipeline.parameters import ParametersCheckHook
 from face_pipeline.services import ServiceCheckHook
 from face_pipeline.serving import pinned_requirements
@@ -24,8 +24,15 @@ if not sys.stdout.isatty():
 # parameter block (a misspelt key fails the run at once), ServiceCheckHook names in one line
 # every configured server that does not answer, TrackingStoreCheck checks the MLflow store itself;
 # OneTrainingAtATime refuses a second training at once in the project; MlflowTagsHook adds code
-# and data tags to the run.
-HOOKS = (MlflowTagsHook(), OneTrainingAtATime(), TrackingStoreCheck(), ServiceCheckHook(), ParametersCheckHook())
+# and data tags to the run; RunNoteHook logs run.note at the start and end of the run.
+HOOKS = (
+    RunNoteHook(),
+    MlflowTagsHook(),
+    OneTrainingAtATime(),
+    TrackingStoreCheck(),
+    ServiceCheckHook(),
+    ParametersCheckHook(),
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

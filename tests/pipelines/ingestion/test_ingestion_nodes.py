@@ -281,3 +281,29 @@ def test_summary_counts_add_up(messy_folder):
     assert summary["race"]["unknown"] == 1
     assert sum(summary["race"].values()) == len(manifest)
     json.dumps(summary)  # plain types only, so JSONDataset can save it
+
+
+def test_max_images_reads_a_fixed_sample_of_the_folder(tmp_path):
+    folder = tmp_path / "faces"
+    write_utkface_folder(folder, 30)
+    (folder / "notes.txt").write_text("not an image")  # reported whatever the sample
+    read = []
+
+    def counting(raw: dict) -> dict:
+        def wrap(pid, load):
+            return lambda: read.append(pid) or load()
+
+        return {pid: wrap(pid, load) for pid, load in raw.items()}
+
+    inspected = inspect_images(counting(raw_images(folder)), params(folder, max_images=10))
+    images = inspected[inspected["reason"].isna()]["image_id"].tolist()
+    assert len(images) == 10 and sorted(read) == sorted(images)  # the others are never read
+    assert "notes.txt" in set(inspected["image_id"])
+    again = inspect_images(raw_images(folder), params(folder, max_images=10))
+    assert again["image_id"].tolist() == inspected["image_id"].tolist()
+    larger = inspect_images(raw_images(folder), params(folder, max_images=20))
+    assert set(images) < set(larger["image_id"])  # a larger sample holds the smaller one
+    assert len(inspect_images(raw_images(folder), params(folder, max_images=100))) == 31
+    manifest, rejected = ingest(folder, max_images=10)
+    summary = summarise_data(manifest, rejected, params(folder, max_images=10))
+    assert summary["images"] == 10 and summary["max_images"] == 10

@@ -1,11 +1,13 @@
 """Evaluation pipeline template: scores one task's model on the test split (namespace = task)."""
 
+from collections.abc import Sequence
 from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
 from face_pipeline.tasks import get_task
 
+from .card import describe_run, summarise_folder_for_card, summarise_for_card, write_model_card
 from .heads import compare_with_head
 from .nodes import (
     breakdown,
@@ -136,3 +138,68 @@ def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeli
         "external", "external_images"
     )
     return sum((create_scoped_pipeline(task, "external", test="external.test") for task in tasks), prepare)
+
+
+def create_card_pipeline(tasks: Sequence[str], folder_scope: str | None = None) -> Pipeline:
+    """The model card (``model_card``, ``08_reporting/model_card.md``) of ``tasks``' networks.
+
+    Each task's section (``<task>.summarise_for_card``) reads the reports its evaluation wrote and
+    what its training decided: from this run where it ran them, else from the files of the run
+    that did. With ``folder_scope`` (``external``, for ``evaluate_folder``) the card also has each
+    task's figures on that folder (``<scope>.<task>.summarise_for_card``).
+    """
+    sections = [
+        Node(
+            summarise_for_card,
+            [
+                *(f"{task}.{name}" for name in ("metrics", "group_metrics", "test_predictions", "head_comparison")),
+                *(f"{task}.{name}" for name in ("training_decisions", "head_decisions", "combination")),
+                f"params:{task}.task",
+                f"params:{task}.model",
+                "params:evaluation",
+                "params:model_card",
+            ],
+            f"{task}.card_section",
+            name="summarise_for_card",
+            namespace=task,
+        )
+        for task in tasks
+    ]
+    if folder_scope:
+        sections += [
+            Node(
+                summarise_folder_for_card,
+                [
+                    *(f"{folder_scope}.{task}.{name}" for name in ("metrics", "group_metrics", "test_predictions")),
+                    f"{folder_scope}.{task}.head_comparison",
+                    f"{folder_scope}.data_summary",
+                    f"params:{task}.task",
+                    f"params:{folder_scope}_ingestion",
+                    "params:evaluation",
+                    "params:model_card",
+                ],
+                f"{folder_scope}.{task}.card_section",
+                name="summarise_for_card",
+                namespace=f"{folder_scope}.{task}",
+            )
+            for task in tasks
+        ]
+    return Pipeline(
+        [
+            *sections,
+            Node(describe_run, "parameters", "run_details", name="describe_run"),
+            Node(
+                write_model_card,
+                [
+                    "data_summary",
+                    "embedding_summary",
+                    "params:preprocessing",
+                    "run_details",
+                    "params:model_card",
+                    *(section.outputs[0] for section in sections),
+                ],
+                "model_card",
+                name="write_model_card",
+            ),
+        ]
+    )

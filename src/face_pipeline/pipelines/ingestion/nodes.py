@@ -67,7 +67,7 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
     # What the listing did not follow (a folder link in a loop) reports itself.
     refused = {pid: load for pid, load in raw_images.items() if isinstance(load, Refused) and pid not in outside}
     listed = {pid: load for pid, load in raw_images.items() if pid not in outside and pid not in refused}
-    images = sorted((pid, load) for pid, load in listed.items() if is_image_file(pid))
+    images = sample_images(sorted((pid, load) for pid, load in listed.items() if is_image_file(pid)), params)
     others = sorted(pid for pid in listed if not is_image_file(pid) and pid != manifest_file)
     rows: list[dict] = []
     for _, chunk_rows in map_chunks(
@@ -103,6 +103,21 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
     return table.astype(
         {"width": "Int32", "height": "Int32", "size_bytes": "Int64", "reason": "string", "detail": "string"}
     )
+
+
+def sample_images(images: list[tuple[str, Any]], params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """At most ``max_images`` of ``images`` (``(id, load)`` pairs, sorted), chosen by a hash of each id
+    and the split seed: the same folder always gives the same sample, and a larger sample holds a
+    smaller one. The others are never read. All of them when ``max_images`` is None."""
+    limit = params.get("max_images")
+    if limit is None or len(images) <= limit:
+        return images
+    draw = stable_uniform(pd.Series([pid for pid, _ in images]), f"sample-{params['split']['seed']}")
+    kept = np.sort(np.argsort(draw, kind="stable")[: int(limit)])
+    logger.warning(
+        "A sample of %d of the %d image files (ingestion.max_images): the others are not read", len(kept), len(images)
+    )
+    return [images[index] for index in kept]
 
 
 def parse_utkface_name(file_name: str) -> dict[str, Any]:
@@ -256,7 +271,7 @@ def age_bands(ages: pd.Series, edges: Sequence[int]) -> pd.Series:
     return pd.cut(ages.astype(float), bins=[-np.inf, *edges, np.inf], right=False, labels=age_band_labels(edges))
 
 
-def stable_uniform(keys: pd.Series, seed: int) -> np.ndarray:
+def stable_uniform(keys: pd.Series, seed: int | str) -> np.ndarray:
     """A number in [0, 1) per key that depends on nothing but the key and seed."""
     return np.array(
         [int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64 for key in keys]
@@ -313,6 +328,7 @@ def summarise_data(face_manifest: pd.DataFrame, rejected_images: pd.DataFrame, p
     return {
         "images": len(face_manifest),
         "rejected": len(rejected_images),
+        "max_images": params.get("max_images"),
         "rejected_by_reason": _counts(rejected_images["reason"]),
         "splits": {name: describe(face_manifest[face_manifest["split"] == name]) for name in SPLITS},
         "gender": _counts(face_manifest["gender"].map(dict(enumerate(GENDERS)))),

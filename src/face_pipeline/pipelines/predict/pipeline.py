@@ -52,7 +52,8 @@ def create_settings_pipeline(**kwargs) -> Pipeline:
 
 
 def create_packaging_pipeline(**kwargs) -> Pipeline:
-    """Bundle both trained networks with detection and preprocessing as the MLflow model ``face_model``."""
+    """Bundle both trained networks with detection and preprocessing as the MLflow model ``face_model``,
+    the model card (``model_card``) with them."""
     return Pipeline(
         [
             Node(
@@ -68,6 +69,7 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
                     "gender.combination",
                     "age.combination",
                     "params:predict",
+                    "model_card",
                 ],
                 "face_model_uri",
                 name="log_face_model",
