@@ -16,7 +16,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fake_faces import write_utkface_folder
-from small_models import save_small_models
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,4 +114,8 @@ def run_in_process(
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory) -> dict[str, Path]:
+    """Both small networks saved as training saves them (``small_models``; imported here only, as
+    it starts TensorFlow and bench scripts import this module for its project helpers)."""
+    from small_models import save_small_models  # noqa: PLC0415
+
     return save_small_models(tmp_path_factory.mktemp("models"))
