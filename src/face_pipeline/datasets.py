@@ -403,11 +403,9 @@ class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
         raise DatasetError("ImageFilesDataset is read-only")
 
 
-class KerasModelDataset(AbstractDataset[None, Any]):
-    """A trained Keras model from a ``.keras`` file, a Kedro versioned folder (its latest
-    version) or an MLflow model URI (``runs:/<run>/gender_model``, ``models:/face_gender/1``).
-    Read-only: training saves models through ``tensorflow.TensorFlowModelDataset``.
-    """
+class _FromModelSource(AbstractDataset[None, Any]):
+    """A read-only dataset of what was saved at (or with) a model ``source``: a ``.keras`` file, a
+    Kedro versioned folder (its latest version) or an MLflow model URI."""
 
     def __init__(self, *, source: str, metadata: dict[str, Any] | None = None) -> None:
         self._source = str(source)
@@ -415,46 +413,36 @@ class KerasModelDataset(AbstractDataset[None, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"source": self._source}
+
+    def save(self, data: Any) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only")
+
+
+class KerasModelDataset(_FromModelSource):
+    """A trained Keras model from a ``.keras`` file, a Kedro versioned folder (its latest
+    version) or an MLflow model URI (``runs:/<run>/gender_model``, ``models:/face_gender/1``).
+    Read-only: training saves models through ``tensorflow.TensorFlowModelDataset``.
+    """
 
     def load(self) -> Any:
         from face_pipeline.predict import load_keras_model  # noqa: PLC0415 - TensorFlow only when needed
 
         return load_keras_model(self._source)
 
-    def save(self, data: Any) -> None:
-        raise DatasetError("KerasModelDataset is read-only")
 
-
-class CalibrationDataset(AbstractDataset[None, dict[str, Any]]):
+class CalibrationDataset(_FromModelSource):
     """The calibration saved with the model at ``source`` (``predict.load_calibration``): the same
     path or MLflow URI a ``KerasModelDataset`` reads the model from. Read-only."""
-
-    def __init__(self, *, source: str, metadata: dict[str, Any] | None = None) -> None:
-        self._source = str(source)
-        self.metadata = metadata
-
-    def _describe(self) -> dict[str, Any]:
-        return {"source": self._source}
 
     def load(self) -> dict[str, Any]:
         from face_pipeline.predict import load_calibration  # noqa: PLC0415
 
         return load_calibration(self._source)
 
-    def save(self, data: Any) -> None:
-        raise DatasetError("CalibrationDataset is read-only")
 
-
-class EmbeddingHeadDataset(AbstractDataset[None, dict[str, Any]]):
+class EmbeddingHeadDataset(_FromModelSource):
     """The embedding head and combination saved with the model at ``source`` (``predict.load_embedding_head``),
     for ``mode: accurate``; empty where there are none (a model trained before them: mode fast only). Read-only."""
-
-    def __init__(self, *, source: str, metadata: dict[str, Any] | None = None) -> None:
-        self._source = str(source)
-        self.metadata = metadata
-
-    def _describe(self) -> dict[str, Any]:
-        return {"source": self._source}
 
     def load(self) -> dict[str, Any]:
         from face_pipeline.predict import load_embedding_head  # noqa: PLC0415
@@ -464,9 +452,6 @@ class EmbeddingHeadDataset(AbstractDataset[None, dict[str, Any]]):
         except FileNotFoundError as exc:
             logger.debug("%s", exc)
             return {}
-
-    def save(self, data: Any) -> None:
-        raise DatasetError("EmbeddingHeadDataset is read-only")
 
 
 class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
