@@ -18,6 +18,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from fake_faces import write_utkface_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The headings a model card must have (tests of the card node and of a whole run).
+CARD_SECTIONS = (
+    "## Model details",
+    "## Training decisions",
+    "## Data",
+    "## Test results",
+    "## By age band, gender and race",
+    "## Calibration and age ranges",
+    "## `--mode accurate`",
+    "## Another population",
+    "## Limitations",
+    "## Intended uses",
+    "## Out of scope",
+)
 
 
 @pytest.fixture

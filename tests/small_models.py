@@ -52,11 +52,11 @@ CROP = encode(Image.fromarray(data.astronaut()).crop((160, 50, 300, 190)), "PNG"
 
 
 class Recorder:
-    """A stand-in network that records its inputs and answers a fixed value."""
+    """A stand-in network that records its inputs and answers a fixed value (``width`` of them per input)."""
 
-    def __init__(self, value: float):
-        self.value, self.inputs = value, []
+    def __init__(self, value: float, width: int = 1):
+        self.value, self.width, self.inputs = value, width, []
 
     def predict_on_batch(self, batch):
         self.inputs.append(np.array(batch))
-        return np.full((len(batch), 1), self.value, dtype=np.float32)
+        return np.full((len(batch), self.width), self.value, dtype=np.float32)

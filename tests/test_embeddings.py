@@ -6,6 +6,7 @@ import pytest
 from fake_faces import encode
 from PIL import Image
 from skimage import data
+from small_models import Recorder
 
 from face_pipeline.combination import combine_outputs, fit_combination
 from face_pipeline.embedding import EMBEDDING_SIZE, DlibEmbedder, content_key, embedding_chip
@@ -98,25 +99,14 @@ def test_distributions_are_mixed_only_where_both_have_one():
     assert set(combine_outputs(network, {"age": np.array([40.0, 40.0])}, 0.5)) == {"age"}
 
 
-class Fixed:
-    """A stand-in network answering one value per input."""
-
-    def __init__(self, value: float, width: int = 1):
-        self.value, self.width, self.inputs = value, width, []
-
-    def predict_on_batch(self, batch):
-        self.inputs.append(np.array(batch))
-        return np.full((len(batch), self.width), self.value, dtype=np.float32)
-
-
 def test_mode_accurate_mixes_each_network_with_its_head():
-    embedder, gender_head = Fixed(0.1, EMBEDDING_SIZE), Fixed(0.9)
+    embedder, gender_head = Recorder(0.1, EMBEDDING_SIZE), Recorder(0.9)
     combinations = {
         "gender": {"head_weight": 0.5, "calibration": {"temperature": 1.0, "uncertain_below": 0.75}},
         "age": {"head_weight": 0.25, "calibration": {}},
     }
-    accurate = EmbeddingHeads(embedder, {"gender": gender_head, "age": Fixed(60.0)}, combinations)
-    networks = {"gender": Fixed(0.3), "age": Fixed(20.0)}
+    accurate = EmbeddingHeads(embedder, {"gender": gender_head, "age": Recorder(60.0)}, combinations)
+    networks = {"gender": Recorder(0.3), "age": Recorder(20.0)}
     predictor = FacePredictor(networks, ImageSpec(size=32), DetectionSettings(), accurate=accurate)
     table = predictor.predict([("astronaut.jpg", ASTRONAUT), ("text.jpg", b"no image")])
     assert table["status"].tolist() == ["ok", "error"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from face_pipeline.tasks import Task, distribution_output
+from face_pipeline.tasks import Task, distribution_output, served_output
 
 WEIGHT_GRID = np.round(np.linspace(0, 1, 21), 2)
 
@@ -45,8 +45,7 @@ def combine_outputs(
 
 def mix_score(task: Task, targets: np.ndarray, outputs: Mapping[str, np.ndarray]) -> float:
     """The number the weight is chosen by, lower is better: log loss, or the headline score."""
-    served = next(values for values in outputs.values() if np.ndim(values) == 1)
-    scores = task.scores(targets, served)
+    scores = task.scores(targets, served_output(outputs))
     if scores.get("log_loss") is not None:
         return float(scores["log_loss"])
     return -float(scores[task.headline]) if task.higher_is_better else float(scores[task.headline])

@@ -51,7 +51,7 @@ def model_options(command):
         click.option(
             "--mode",
             type=click.Choice(PREDICT_MODES),
-            default="fast",
+            default=PREDICT_MODES[0],
             show_default=True,
             help="fast: the networks alone; accurate: mixed with their embedding heads (dlib's face embedding).",
         ),
@@ -67,7 +67,7 @@ def load_predictor(
     age_model: str,
     settings_path: str | None,
     detect: str | None,
-    mode: str = "fast",
+    mode: str = PREDICT_MODES[0],
     **options,
 ):
     """The ``FacePredictor`` for the saved networks, with the calibration and settings saved with

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import logging
 import os
 from collections.abc import Callable, Iterable
 from copy import deepcopy
@@ -28,8 +27,6 @@ from kedro_datasets.partitions import PartitionedDataset
 
 from face_pipeline.arrays import SHARD_ROWS, ShardedArray
 from face_pipeline.files import written_atomically
-
-logger = logging.getLogger(__name__)
 
 
 class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
@@ -441,17 +438,14 @@ class CalibrationDataset(_FromModelSource):
 
 
 class EmbeddingHeadDataset(_FromModelSource):
-    """The embedding head and combination saved with the model at ``source`` (``predict.load_embedding_head``),
-    for ``mode: accurate``; empty where there are none (a model trained before them: mode fast only). Read-only."""
+    """A loader of the embedding head and combination saved with the model at ``source``
+    (``predict.load_embedding_head``), for ``mode: accurate``: called only in that mode, so the
+    fast mode loads nothing more. Read-only."""
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> Callable[[], dict[str, Any]]:
         from face_pipeline.predict import load_embedding_head  # noqa: PLC0415
 
-        try:
-            return load_embedding_head(self._source)
-        except FileNotFoundError as exc:
-            logger.debug("%s", exc)
-            return {}
+        return functools.partial(load_embedding_head, self._source)
 
 
 class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):

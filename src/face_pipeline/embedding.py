@@ -33,7 +33,8 @@ from face_pipeline.parallel import CHUNK_SIZE
 EMBEDDING_SIZE = 128
 CHIP_SIZE, CHIP_PADDING = 150, 0.25  # dlib's framing for its ResNet (dnn_face_recognition_ex.cpp)
 BACKENDS = ("dlib", "keras")
-PREDICT_MODES = ("fast", "accurate")  # the networks alone, or mixed with their embedding heads
+# The networks alone, or mixed with their embedding heads; the first is the default.
+PREDICT_MODES = ("fast", "accurate")
 # What an embedding depends on besides the image: cached embeddings of another method are not reused.
 METHOD = f"dlib_resnet_v1-5pt-{CHIP_SIZE}px-{CHIP_PADDING}"
 # The box dlib's HOG detector draws on UTKFace's 200 px chips (median over 285 chips: left/top 12,
@@ -121,7 +122,6 @@ class DlibEmbedder:
     Has ``predict_on_batch`` like a Keras network, so the predictor runs it beside the networks.
     """
 
-    input_shape = (None, CHIP_SIZE, CHIP_SIZE, 3)
     pad_batches = False  # every face costs dlib the same: a padded batch would only cost more
 
     def predict_on_batch(self, chips: np.ndarray) -> np.ndarray:

@@ -142,7 +142,7 @@ class PredictSettings:
     workers: int | None = None
     worker_networks_from: int = WORKER_NETWORKS_FROM
     annotate: bool = False
-    mode: str = "fast"
+    mode: str = PREDICT_MODES[0]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "predict") -> PredictSettings:

@@ -86,11 +86,6 @@ def companion_name(model_name: str, kind: str = "calibration", suffix: str = ".j
     return f"{stem}_{kind}{suffix}"
 
 
-def calibration_name(model_name: str) -> str:
-    """The calibration file saved with the model named ``model_name`` (``companion_name``)."""
-    return companion_name(model_name)
-
-
 def _model_file(path: Path) -> Path:
     """A saved model's own path: a version's file in Kedro's layout is ``name.keras/<version>/name.keras``."""
     if path.parent.parent.suffix == ".keras" and path.parent.parent.name == path.name:
@@ -127,7 +122,7 @@ def load_companion(source: str | Path, kind: str) -> dict[str, Any]:
 
 def load_calibration(source: str | Path) -> dict[str, Any]:
     """The calibration saved with the model at ``source`` (a path or MLflow URI, as ``load_keras_model``
-    takes): the file of ``calibration_name`` beside a saved model, or that artifact of the run
+    takes): the file of ``companion_name`` beside a saved model, or that artifact of the run
     that logged it. A model without one answers uncalibrated, with a warning."""
     try:
         return load_companion(source, "calibration")
@@ -141,7 +136,7 @@ def load_calibration(source: str | Path) -> dict[str, Any]:
         return {}
 
 
-def load_embedding_heads(sources: Mapping[str, str | Path], backend: str = "dlib") -> EmbeddingHeads:
+def load_embedding_heads(sources: Mapping[str, str | Path], backend: str) -> EmbeddingHeads:
     """``mode: accurate`` for the networks at ``sources`` (task -> model source): each one's embedding
     head and combination saved with it (``<task>_head.keras``, ``<task>_combination.json`` beside
     the file, or in the MLflow run), and the embedding network of ``backend``."""
@@ -170,17 +165,22 @@ class _FirstTraces(logging.Filter):
 
 
 def embedding_backend(settings: Mapping[str, Any]) -> str:
-    """The embedding network's backend saved in ``inference_settings`` (dlib for models saved before it)."""
-    return settings.get("embedding", {}).get("backend", "dlib")
+    """The embedding network's backend saved in ``inference_settings`` (the default for settings saved
+    before it: every backend gives the same embeddings)."""
+    from face_pipeline.embedding import EmbeddingSettings  # noqa: PLC0415
+
+    return settings.get("embedding", {}).get("backend", EmbeddingSettings().backend)
 
 
-def embedding_heads(heads: Mapping[str, Mapping[str, Any]], backend: str = "dlib") -> EmbeddingHeads:
+def embedding_heads(heads: Mapping[str, Mapping[str, Any]], backend: str) -> EmbeddingHeads:
     """``EmbeddingHeads`` from each task's ``{"head", "combination"}`` and the embedding network of ``backend``."""
     from face_pipeline.embedding import embedder  # noqa: PLC0415
 
     # Five networks each trace their predict function once; TensorFlow counts those traces
     # together and warns of "retracing" that is not happening.
-    logging.getLogger("tensorflow").addFilter(_FirstTraces())
+    tensorflow_log = logging.getLogger("tensorflow")
+    if not any(isinstance(existing, _FirstTraces) for existing in tensorflow_log.filters):
+        tensorflow_log.addFilter(_FirstTraces())
     return EmbeddingHeads(
         embedder(backend),
         {task: head["head"] for task, head in heads.items()},

@@ -34,6 +34,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.types import ColSpec, Schema
 
 import face_pipeline
+from face_pipeline.embedding import PREDICT_MODES
 from face_pipeline.images import ImageRejected, open_image
 from face_pipeline.predict import FACE_COLUMNS, OUTCOME_COLUMNS, SERVED_TASKS, task_columns
 
@@ -121,7 +122,7 @@ class FaceModel(mlflow.pyfunc.PythonModel):
         config = context.model_config
         self.limits = ServingLimits.from_config(config)
         accurate = None
-        if config.get("mode", "fast") == "accurate":
+        if config.get("mode", PREDICT_MODES[0]) == "accurate":
             if not config.get("combination"):
                 raise MlflowException("mode accurate: this face_model was packaged without embedding heads")
             heads = {
@@ -361,7 +362,7 @@ def log_face_model(
     config = {
         "inference_settings": inference_settings,
         "calibration": {"gender": gender_calibration or {}, "age": age_calibration or {}},
-        "mode": (predict or {}).get("mode", "fast"),
+        "mode": (predict or {}).get("mode", PREDICT_MODES[0]),
         "combination": combinations if with_heads else {},
         **asdict(SERVING_LIMITS),
     }

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pandas as pd
+from conftest import CARD_SECTIONS
 
 from face_pipeline.pipelines.evaluation.card import (
     describe_run,
@@ -103,19 +104,7 @@ def test_the_card_has_every_part_and_the_numbers_of_the_reports():
     card = write_model_card(
         DATA, {"test": {"computed": 100, "reused": 0}}, {"image": {"size": 128}}, run, CARD, section
     )
-    for heading in (
-        "## Model details",
-        "## Training decisions",
-        "## Data",
-        "## Test results",
-        "## By age band, gender and race",
-        "## Calibration and age ranges",
-        "## `--mode accurate`",
-        "## Another population",
-        "## Limitations",
-        "## Intended uses",
-        "## Out of scope",
-    ):
+    for heading in CARD_SECTIONS:
         assert heading in card, heading
     assert f"{report['accuracy']:.3f} ({section['low']:.3f}–{section['high']:.3f})" in card
     assert "git commit `0123abc`" in card and "`__default__ · default · local`" in card

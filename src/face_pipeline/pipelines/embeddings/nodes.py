@@ -49,20 +49,21 @@ def _chips_of(
     return outcomes, chips
 
 
+def embedded(chips: Sequence[np.ndarray | None], network: Any, batch_size: int) -> np.ndarray:
+    """``(len(chips), 128)`` embeddings by ``network`` (``embedding.embedder``); NaN rows where a chip is None."""
+    vectors = np.full((len(chips), EMBEDDING_SIZE), np.nan, np.float32)
+    found = [index for index, chip in enumerate(chips) if chip is not None]
+    if found:
+        [vectors[found]] = network_outputs(network, np.stack([chips[index] for index in found]), batch_size).values()
+    return vectors
+
+
 def embed_chunk(
-    items: Sequence[tuple[str, Callable[[], bytes]]], detection: DetectionSettings, backend: str
+    items: Sequence[tuple[str, Callable[[], bytes]]], detection: DetectionSettings, backend: str, batch_size: int
 ) -> tuple[list[tuple[str, str]], np.ndarray | list]:
     """A chunk of images: statuses, and their embeddings (dlib, here) or their chips (Keras, batched later)."""
     outcomes, chips = _chips_of(items, detection)
-    if backend != "dlib":
-        return outcomes, chips
-    found = [chip for chip in chips if chip is not None]
-    vectors = np.full((len(items), EMBEDDING_SIZE), np.nan, np.float32)
-    if found:
-        vectors[[index for index, chip in enumerate(chips) if chip is not None]] = embedder("dlib").predict_on_batch(
-            np.stack(found)
-        )
-    return outcomes, vectors
+    return outcomes, embedded(chips, embedder("dlib"), batch_size) if backend == "dlib" else chips
 
 
 def cached_embeddings(cache: dict[str, Callable[[], pd.DataFrame]]) -> pd.DataFrame:
@@ -92,15 +93,11 @@ def _compute(
         description=description,
         detection=detection,
         backend=settings.backend,
+        batch_size=settings.batch_size,
     ):
-        if network is not None:  # chips came back: the Keras network embeds them here, batched
-            found = [chip for chip in result if chip is not None]
-            chunk_vectors = np.full((len(result), EMBEDDING_SIZE), np.nan, np.float32)
-            if found:
-                [embedded] = network_outputs(network, np.stack(found), settings.batch_size).values()
-                chunk_vectors[[i for i, chip in enumerate(result) if chip is not None]] = embedded
         outcomes.extend(chunk_outcomes)
-        vectors.append(result if network is None else chunk_vectors)
+        # Chips came back from a Keras backend: it embeds them here, batched.
+        vectors.append(result if network is None else embedded(result, network, settings.batch_size))
     return outcomes, np.concatenate(vectors) if vectors else np.empty((0, EMBEDDING_SIZE), np.float32)
 
 

@@ -48,7 +48,7 @@ def compare_with_head(
         metrics |= {
             f"test_{variant}_{name}": {"value": float(value), "step": 0}
             for name, value in overall.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
         }
     metrics["test_faces_without_embedding"] = {"value": float((~usable).sum()), "step": 0}
     table = pd.concat(tables, ignore_index=True)

@@ -24,8 +24,8 @@ def predict_faces(
     age_model: Any,
     gender_calibration: dict[str, Any],
     age_calibration: dict[str, Any],
-    gender_head: dict[str, Any],
-    age_head: dict[str, Any],
+    gender_head: Callable[[], dict[str, Any]],
+    age_head: Callable[[], dict[str, Any]],
     inference_settings: dict[str, Any],
     predict: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -35,18 +35,13 @@ def predict_faces(
 
     The photos are prepared as the models were saved to expect (``inference_settings``). With
     ``predict.mode: accurate`` each network's answer is mixed with its embedding head's
-    (``gender_head``, ``age_head``: saved with the networks).
+    (``gender_head``, ``age_head``: loaders of what was saved with the networks; a missing one
+    stops the run with a message naming it).
     """
     settings = PredictSettings.from_params(predict)
-    heads = {"gender": gender_head, "age": age_head}
     accurate = None
     if settings.mode == "accurate":
-        missing = [task for task, head in heads.items() if not head]
-        if missing:
-            raise FileNotFoundError(
-                f"predict.mode accurate needs the embedding heads saved with the networks; none for {missing}: "
-                "train them with `kedro run`, or use predict.mode=fast"
-            )
+        heads = {"gender": gender_head(), "age": age_head()}
         accurate = embedding_heads(heads, embedding_backend(inference_settings))
     predictor = FacePredictor.from_settings(
         {"gender": gender_model, "age": age_model},
