@@ -104,10 +104,10 @@ bench-epochs: $(STAMP)
 # Starts PostgreSQL, SeaweedFS (S3), the MLflow server and a 2-worker Dask cluster, all on
 # 127.0.0.1, and prints the variables to export before `kedro run --env=team`.
 stack: $(STAMP)
-	$(BIN)/python -m face_pipeline.stack up --dir $(STACK_DIR)
+	$(BIN)/python -m face_pipeline.ops.stack up --dir $(STACK_DIR)
 
 stack-down: $(STAMP)
-	$(BIN)/python -m face_pipeline.stack down --dir $(STACK_DIR)
+	$(BIN)/python -m face_pipeline.ops.stack down --dir $(STACK_DIR)
 
 # Image decoding on the local pool vs a 2-worker Dask cluster, and a small training's `kedro run`
 # with SQLite vs the MLflow server (starts and stops its own stack).

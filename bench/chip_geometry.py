@@ -1,5 +1,5 @@
 """Where the face detector puts each landmark on the training chips: the chip geometry that
-alignment maps every detected face onto (``UTKFACE_CHIP`` in ``face_pipeline/faces.py``).
+alignment maps every detected face onto (``UTKFACE_CHIP`` in ``face_pipeline/imaging/detection.py``).
 
     FACE_DATA_DIR=../shared/data/utkface .venv/bin/python bench/chip_geometry.py [--images 2000]
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from face_pipeline.alignment import ChipGeometry, align
-from face_pipeline.faces import UTKFACE_CHIP, DetectionSettings, detect
-from face_pipeline.images import ImageSpec, is_image_file, load_image
+from face_pipeline.imaging.alignment import ChipGeometry, align
+from face_pipeline.imaging.decoding import ImageSpec, is_image_file, load_image
+from face_pipeline.imaging.detection import UTKFACE_CHIP, DetectionSettings, detect
 
 NAMES = tuple(UTKFACE_CHIP["landmarks"])
 

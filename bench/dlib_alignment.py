@@ -64,8 +64,8 @@ def main() -> None:
     # Imported here: the dlib venv runs this file too, without the project's packages.
     from predict import first_faces, photo_sample, scores, utkface_sample  # noqa: PLC0415
 
-    from face_pipeline.images import ImageSpec, convert_pixels, face_input  # noqa: PLC0415
-    from face_pipeline.predict import (  # noqa: PLC0415
+    from face_pipeline.imaging.decoding import ImageSpec, convert_pixels, face_input  # noqa: PLC0415
+    from face_pipeline.inference.predictor import (  # noqa: PLC0415
         FacePredictor,
         load_inference_settings,
         load_keras_model,

@@ -1,4 +1,4 @@
-"""dlib's face descriptors: dlib itself against the same ResNet in Keras (face_pipeline.embedding_network).
+"""dlib's face descriptors: dlib itself against the same ResNet in Keras (face_pipeline.embedding.network).
 
     FACE_DATA_DIR=../shared/data/utkface .venv/bin/python bench/embedding_speed.py [--faces 200]
 
@@ -125,7 +125,7 @@ def keras_worker(chips_file: Path, threads: int, batch: int, xla: bool, repeats:
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from face_pipeline.embedding_network import build_embedding_network  # noqa: PLC0415
+    from face_pipeline.embedding.network import build_embedding_network  # noqa: PLC0415
 
     chips = np.load(chips_file).astype(np.float32)
     model = build_embedding_network()
@@ -173,7 +173,7 @@ def main() -> None:
     chips, chip_timing = make_chips(photo_paths(args.data_dir, args.faces))
     faces, cores = len(chips), os.cpu_count() or 1
     # One-time conversion into the cache, outside the timed workers.
-    run = [sys.executable, "-c", "from face_pipeline.embedding_network import build_embedding_network as b; b()"]
+    run = [sys.executable, "-c", "from face_pipeline.embedding.network import build_embedding_network as b; b()"]
     subprocess.run(run, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True)
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -90,7 +90,7 @@ def ours(listing: Path, detect: str, cores: str, out: Path, mode: str = "fast") 
     if cores == "1":
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from face_pipeline.predict import (  # noqa: PLC0415
+    from face_pipeline.inference.predictor import (  # noqa: PLC0415
         FacePredictor,
         embedding_backend,
         load_embedding_heads,

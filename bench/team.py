@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from common import machine, run_kedro
 
-from face_pipeline import stack as team_stack
+from face_pipeline.ops import stack as team_stack
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = PROJECT_ROOT / "bench" / "out" / "team_images"  # decoded shards, one folder per path
@@ -51,7 +51,7 @@ def decoding_rates(repeat: int) -> dict:
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
-    from face_pipeline.parallel import close_dask_clients  # noqa: PLC0415
+    from face_pipeline.ops.parallel import close_dask_clients  # noqa: PLC0415
     from face_pipeline.pipelines.ingestion.nodes import (  # noqa: PLC0415
         assign_splits,
         inspect_images,

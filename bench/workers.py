@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from face_pipeline.distribute import loopback_only
+from face_pipeline.ops.distribute import loopback_only
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUT = PROJECT_ROOT / "bench" / "out" / "workers"
@@ -28,8 +28,8 @@ OUT = PROJECT_ROOT / "bench" / "out" / "workers"
 TRAIN = """
 import json, sys
 import numpy as np, pandas as pd, yaml
-from face_pipeline.datasets import ShardedArrayDataset
-from face_pipeline.distribute import cluster_from_environment
+from face_pipeline.datasets.folders import ShardedArrayDataset
+from face_pipeline.ops.distribute import cluster_from_environment
 from face_pipeline.pipelines.training import nodes
 count, epochs, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 images = ShardedArrayDataset(filepath="data/05_model_input/val_images").load()
@@ -52,7 +52,7 @@ def train(workers: int, images: int, epochs: int) -> dict:
     out = OUT / f"{workers}_workers.json"
     command = [sys.executable, "-c", TRAIN, str(images), str(epochs), str(out)]
     if workers > 1:
-        command = loopback_only([sys.executable, "-m", "face_pipeline.distribute", str(workers), *command])
+        command = loopback_only([sys.executable, "-m", "face_pipeline.ops.distribute", str(workers), *command])
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run(command, cwd=PROJECT_ROOT, env=environment, check=True)
     result = json.loads(out.read_text())

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from face_pipeline.distribute import cluster_from_environment
+from face_pipeline.ops.distribute import cluster_from_environment
 from face_pipeline.pipelines.training import nodes, run
 
 MODEL = {

@@ -11,9 +11,9 @@ from fake_faces import encode
 from PIL import Image
 from skimage import data
 
-from face_pipeline.images import ImageSpec
-from face_pipeline.models import build_model, compile_model, inference_model
-from face_pipeline.predict import inference_settings
+from face_pipeline.imaging.decoding import ImageSpec
+from face_pipeline.inference.predictor import inference_settings
+from face_pipeline.modelling.builders import build_model, compile_model, inference_model
 
 SIZE = 32
 SETTINGS = inference_settings({"image": {"size": SIZE, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})

@@ -9,7 +9,7 @@ from fake_faces import encode
 from PIL import Image
 from skimage import data
 
-from face_pipeline.annotate import annotate, annotated_name, encoded, face_label
+from face_pipeline.imaging.annotate import annotate, annotated_name, encoded, face_label
 
 PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
 

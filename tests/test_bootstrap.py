@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from face_pipeline.bootstrap import bootstrap_interval
+from face_pipeline.scoring.bootstrap import bootstrap_interval
 
 
 def correct_answers(faces: int, accuracy: float = 0.9, seed: int = 1) -> np.ndarray:

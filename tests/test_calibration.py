@@ -9,7 +9,11 @@ import pytest
 from conftest import PROJECT_ROOT
 from kedro.config import OmegaConfigLoader
 
-from face_pipeline.calibration import (
+from face_pipeline.config import ConfigError
+from face_pipeline.labels import AGE_BINS
+from face_pipeline.parameters import check_parameters
+from face_pipeline.pipelines.training.settings import CalibrationSettings
+from face_pipeline.scoring.calibration import (
     accuracy_at_coverage,
     age_range,
     conformal_quantile,
@@ -24,10 +28,6 @@ from face_pipeline.calibration import (
     scale_temperature,
     whole_year_range,
 )
-from face_pipeline.config import ConfigError
-from face_pipeline.labels import AGE_BINS
-from face_pipeline.parameters import check_parameters
-from face_pipeline.pipelines.training.settings import CalibrationSettings
 from face_pipeline.tasks import AGE, GENDER
 
 

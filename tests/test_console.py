@@ -14,7 +14,7 @@ from fake_faces import encode
 from PIL import Image
 from small_models import ANSWER_COLUMNS, PHOTO, SETTINGS
 
-from face_pipeline.console import cli
+from face_pipeline.commands.console import cli
 
 
 @pytest.mark.parametrize("output_format", ["table", "json", "csv"])

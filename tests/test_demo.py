@@ -29,6 +29,9 @@ pytestmark = [
 ]
 
 
+CONSOLE = "from face_pipeline.commands.console import main; main()"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -39,7 +42,14 @@ def free_port() -> int:
 def demo_url(tmp_path_factory):
     models = save_small_models(tmp_path_factory.mktemp("models"))
     port = free_port()
-    command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "demo", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        CONSOLE,
+        "demo",
+        "--port",
+        str(port),
+    ]
     command += ["--gender-model", str(models["gender"]), "--age-model", str(models["age"])]
     command += ["--settings", str(models["settings"])]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -25,7 +25,7 @@ from conftest import copy_project, run_in_process
 from distributed_worker import TRAINING
 from fake_faces import write_utkface_folder
 
-from face_pipeline.distribute import (
+from face_pipeline.ops.distribute import (
     Cluster,
     cluster_from_environment,
     keras_needs_patch,
@@ -43,8 +43,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 HERE = Path(__file__).parent
 
 
+CONSOLE = "from face_pipeline.commands.console import main; main()"
+
+
 def run_workers(workers: int, command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=300):
-    launcher = [sys.executable, "-m", "face_pipeline.distribute", str(workers), *command]
+    launcher = [sys.executable, "-m", "face_pipeline.ops.distribute", str(workers), *command]
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run(
         loopback_only(launcher), cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout, check=False
@@ -139,7 +142,7 @@ def test_local_workers_are_reachable_on_loopback_only_unless_bind_all(tmp_path, 
 
 
 def test_face_pipeline_train_keeps_local_workers_on_loopback_unless_bind_all(monkeypatch):
-    from face_pipeline import train_command  # noqa: PLC0415
+    from face_pipeline.commands import train as train_command  # noqa: PLC0415
 
     calls = []
     monkeypatch.setattr(train_command, "run_local_workers", lambda *args, **kwargs: calls.append(kwargs) or 0)
@@ -228,7 +231,13 @@ def test_face_pipeline_train_on_two_workers_tracks_one_run(tmp_path, monkeypatch
     (project / "conf/local/parameters_train_gender.yml").write_text(yaml.safe_dump({"gender": small}))
     run_in_process(project, "embeddings", monkeypatch, env={"FACE_DATA_DIR": str(faces)})
 
-    command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "train", "--task=gender"]
+    command = [
+        sys.executable,
+        "-c",
+        CONSOLE,
+        "train",
+        "--task=gender",
+    ]
     environment = {"FACE_DATA_DIR": str(faces), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     result = run_workers(2, command, project, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

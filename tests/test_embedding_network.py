@@ -17,7 +17,7 @@ face_recognition_models = pytest.importorskip("face_recognition_models")
 skimage_data = pytest.importorskip("skimage.data")
 skimage_transform = pytest.importorskip("skimage.transform")
 
-from face_pipeline.embedding_network import (  # noqa: E402 - after the skips
+from face_pipeline.embedding.network import (  # noqa: E402 - after the skips
     DESCRIPTOR_SIZE,
     INPUT_SIZE,
     build_embedding_network,
@@ -96,5 +96,5 @@ def test_keras_network_gives_dlib_descriptors(
 def test_module_imports_without_tensorflow() -> None:
     import subprocess  # noqa: PLC0415
 
-    code = "import sys, face_pipeline.embedding_network; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, face_pipeline.embedding.network; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

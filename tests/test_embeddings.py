@@ -8,14 +8,14 @@ from PIL import Image
 from skimage import data
 from small_models import Recorder
 
-from face_pipeline.combination import combine_outputs, fit_combination
-from face_pipeline.embedding import EMBEDDING_SIZE, DlibEmbedder, content_key, embedding_chip
-from face_pipeline.faces import DetectionSettings, face_chip, find_faces
-from face_pipeline.images import ImageSpec
+from face_pipeline.embedding.descriptor import EMBEDDING_SIZE, DlibEmbedder, content_key, embedding_chip
+from face_pipeline.imaging.decoding import ImageSpec
+from face_pipeline.imaging.detection import DetectionSettings, face_chip, find_faces
+from face_pipeline.inference.predictor import EmbeddingHeads, FacePredictor
 from face_pipeline.labels import AGE_BINS
+from face_pipeline.modelling.combination import combine_outputs, fit_combination
 from face_pipeline.pipelines.embeddings import nodes
 from face_pipeline.pipelines.embeddings.nodes import embed_images, embedding_failures, with_embeddings
-from face_pipeline.predict import EmbeddingHeads, FacePredictor
 from face_pipeline.tasks import get_task
 
 ASTRONAUT = encode(Image.fromarray(data.astronaut()), quality=90)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from face_pipeline.alignment import ChipGeometry, align, similarity_transform
-from face_pipeline.faces import (
+from face_pipeline.imaging.alignment import ChipGeometry, align, similarity_transform
+from face_pipeline.imaging.detection import (
     UTKFACE_CHIP,
     DetectionSettings,
     FaceBox,
@@ -93,7 +93,7 @@ class CountingDetector:
 @pytest.fixture
 def passes(monkeypatch):
     counting = CountingDetector(detector("short_range"))
-    monkeypatch.setattr("face_pipeline.faces.detector", lambda model: counting)
+    monkeypatch.setattr("face_pipeline.imaging.detection.detector", lambda model: counting)
     return counting
 
 

@@ -20,10 +20,10 @@ from conftest import copy_project
 from fake_faces import write_utkface_folder
 from kedro.io.core import DatasetError, Version
 
-from face_pipeline.datasets import NumpyDataset, ShardedArrayDataset
-from face_pipeline.files import partial_name, written_atomically
+from face_pipeline.datasets.folders import NumpyDataset, ShardedArrayDataset
 from face_pipeline.hooks import TrackingStoreUnavailable, TrainingInProgress, check_tracking_store, lock_folder
-from face_pipeline.models import build_model
+from face_pipeline.modelling.builders import build_model
+from face_pipeline.ops.files import partial_name, written_atomically
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_a_read_only_output_folder_is_named_with_what_to_do(tmp_path):
 
 
 def test_a_model_that_does_not_fit_leaves_no_version_to_load(tmp_path):
-    from face_pipeline.keras_files import AtomicTensorFlowModelDataset  # noqa: PLC0415 - TensorFlow
+    from face_pipeline.datasets.keras_files import AtomicTensorFlowModelDataset  # noqa: PLC0415 - TensorFlow
 
     model = build_model("default_cnn", (32, 32, 1), "gender", stem_filters=4, filters=[4], batch_norm=False)
     with tmpfs(tmp_path / "disk", size="16k") as disk:

@@ -3,7 +3,7 @@ import pytest
 from fake_faces import corrupt_jpeg, encode, face_like, png_claiming_size, truncated_jpeg
 from PIL import Image
 
-from face_pipeline.images import ImageRejected, ImageSpec, decode_face, inspect_image, resize_square
+from face_pipeline.imaging.decoding import ImageRejected, ImageSpec, decode_face, inspect_image, resize_square
 
 GRAY = ImageSpec(size=32)
 RGB = ImageSpec(size=32, color_mode="rgb")

@@ -93,9 +93,9 @@ import sys
 from skimage import data
 from PIL import Image
 import io
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec
-from face_pipeline.predict import prepare_photos
+from face_pipeline.imaging.detection import DetectionSettings
+from face_pipeline.imaging.decoding import ImageSpec
+from face_pipeline.inference.predictor import prepare_photos
 buffer = io.BytesIO()
 Image.fromarray(data.astronaut()).save(buffer, "JPEG")
 prepared = prepare_photos([("a.jpg", buffer.getvalue())], ImageSpec(), DetectionSettings(), embedding_chips=True)

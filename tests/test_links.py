@@ -15,8 +15,8 @@ from fake_faces import write_utkface_folder
 from fuzz_inputs import time_limit
 from small_models import save_small_models
 
+from face_pipeline.commands.console import cli
 from face_pipeline.config import ConfigError
-from face_pipeline.console import cli
 from face_pipeline.parameters import IngestionSettings
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from face_pipeline import models
 from face_pipeline.config import ConfigError
 from face_pipeline.labels import AGE_BINS
-from face_pipeline.losses import AgeDistributionLoss
-from face_pipeline.models import (
+from face_pipeline.modelling import builders as models
+from face_pipeline.modelling.builders import (
     ARCHITECTURES,
     ModelSettings,
     augmentation,
@@ -21,6 +20,7 @@ from face_pipeline.models import (
     resolve_precision,
     seed_cnn,
 )
+from face_pipeline.scoring.losses import AgeDistributionLoss
 
 
 def seed_parameter_count(size: int = 128, filters=(32, 64, 128, 256), dense: int = 256) -> int:

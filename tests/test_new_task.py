@@ -14,9 +14,9 @@ import yaml
 from conftest import copy_project, run_in_process
 from fake_faces import encode, face_like, write_utkface_folder
 
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec
-from face_pipeline.predict import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor
+from face_pipeline.imaging.decoding import ImageSpec
+from face_pipeline.imaging.detection import DetectionSettings
+from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor
 from face_pipeline.tasks import (
     GENDER,
     TASKS,

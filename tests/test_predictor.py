@@ -12,9 +12,9 @@ from PIL import Image
 from skimage import data
 from small_models import CROP, PHOTO, SIZE, SPEC, Recorder
 
-from face_pipeline.faces import DetectionSettings, face_chip, find_faces
-from face_pipeline.images import ImageSpec, convert_pixels, decode_face, face_input, load_image
-from face_pipeline.predict import (
+from face_pipeline.imaging.decoding import ImageSpec, convert_pixels, decode_face, face_input, load_image
+from face_pipeline.imaging.detection import DetectionSettings, face_chip, find_faces
+from face_pipeline.inference.predictor import (
     PREDICTION_COLUMNS,
     FacePredictor,
     load_keras_model,
@@ -148,8 +148,8 @@ def test_keras_networks_answer_alike_in_workers_and_in_this_process(saved_models
 def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypatch):
     import keras  # noqa: PLC0415
 
-    from face_pipeline import models  # noqa: PLC0415
-    from face_pipeline.predict import fast_inference_model  # noqa: PLC0415
+    from face_pipeline.inference.predictor import fast_inference_model  # noqa: PLC0415
+    from face_pipeline.modelling import builders as models  # noqa: PLC0415
 
     network = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4]), "gender")
     with warnings.catch_warnings(record=True) as caught:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import kedro
 
-from face_pipeline.datasets import ShardedArrayDataset
+from face_pipeline.datasets.folders import ShardedArrayDataset
 from face_pipeline.pipelines.ingestion.nodes import SPLITS
 
 pytestmark = [
@@ -37,8 +37,8 @@ def test_whole_utkface_folder_goes_through_both_pipelines(project):
 
 def test_aligning_real_utkface_chips_gives_them_back():
     """Detection + alignment onto the measured chip geometry reproduces UTKFace's own chips."""
-    from face_pipeline.faces import DetectionSettings, face_chip, find_faces  # noqa: PLC0415
-    from face_pipeline.images import ImageSpec, load_image  # noqa: PLC0415
+    from face_pipeline.imaging.decoding import ImageSpec, load_image  # noqa: PLC0415
+    from face_pipeline.imaging.detection import DetectionSettings, face_chip, find_faces  # noqa: PLC0415
 
     folder = Path(os.environ["FACE_DATA_DIR"])
     files = sorted(folder.glob("*.jpg"))[::100][:200]

@@ -16,9 +16,9 @@ from fuzz_inputs import mutated_photos
 from PIL import Image
 from skimage import data
 
-from face_pipeline.models import build_model
-from face_pipeline.predict import inference_settings
-from face_pipeline.serving import SERVING_LIMITS, log_face_model, without_stack_trace
+from face_pipeline.inference.predictor import inference_settings
+from face_pipeline.inference.serving import SERVING_LIMITS, log_face_model, without_stack_trace
+from face_pipeline.modelling.builders import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from load import LEAK_MARKERS, b64, request_mix, run_round, serve, table_body
@@ -144,7 +144,7 @@ def post(server, body: bytes) -> requests.Response:
 
 def test_a_stack_trace_mlflow_puts_into_a_reply_goes_to_the_log_instead(caplog):
     reply = json.dumps({"error_code": "BAD_REQUEST", "message": "unexpected", "stack_trace": 'File "/srv/x.py"'})
-    with caplog.at_level("ERROR", logger="face_pipeline.serving"):
+    with caplog.at_level("ERROR", logger="face_pipeline.inference.serving"):
         cleaned = json.loads(without_stack_trace(reply.encode()))
     assert "stack_trace" not in cleaned
     request_id = cleaned["message"].split("(request ")[1].split(";")[0]

@@ -19,14 +19,14 @@ import requests
 from click.testing import CliRunner
 from small_models import ANSWER_COLUMNS, CALIBRATION, CROP, PHOTO, SETTINGS, SIZE
 
-from face_pipeline.console import cli
-from face_pipeline.predict import (
+from face_pipeline.commands.console import cli
+from face_pipeline.inference.predictor import (
     FacePredictor,
     load_calibration,
     load_inference_settings,
     load_keras_model,
 )
-from face_pipeline.serving import log_face_model, pinned_requirements, register_models
+from face_pipeline.inference.serving import log_face_model, pinned_requirements, register_models
 
 
 @pytest.fixture(scope="module")

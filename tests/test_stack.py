@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT, copy_project
 
-from face_pipeline import stack
+from face_pipeline.ops import stack
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def context_for(project: Path, env: str | None = None):
 
 
 def test_only_the_remote_services_in_the_configuration_are_checked(tmp_path, monkeypatch):
-    from face_pipeline.services import ServiceUnreachable, configured_services  # noqa: PLC0415
+    from face_pipeline.ops.services import ServiceUnreachable, configured_services  # noqa: PLC0415
 
     project = copy_project(tmp_path / "project")
     shutil.copytree(PROJECT_ROOT / "conf" / "team", project / "conf" / "team")

@@ -28,8 +28,8 @@ import yaml
 from conftest import PROJECT_ROOT, copy_project, kedro, use_small_networks
 from fake_faces import write_utkface_folder
 
-from face_pipeline import stack as team_stack
-from face_pipeline.datasets import ShardedArrayDataset
+from face_pipeline.datasets.folders import ShardedArrayDataset
+from face_pipeline.ops import stack as team_stack
 
 REQUIRED = "FACE_PIPELINE_REQUIRE_TEAM"
 TEAM_EXTRA = "the team extra is not installed: pip install -e '.[team]' (make install does) to run the team tests"

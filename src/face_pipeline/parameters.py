@@ -15,13 +15,13 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from face_pipeline.arrays import SHARD_ROWS
 from face_pipeline.config import ConfigError, check_keys, read_block, require_choice, require_range
-from face_pipeline.embedding import PREDICT_MODES, EmbeddingSettings
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import MAX_PIXELS, ImageSpec
-from face_pipeline.parallel import CHUNK_SIZE
-from face_pipeline.predict import BATCH_SIZE, WORKER_NETWORKS_FROM
+from face_pipeline.datasets.arrays import SHARD_ROWS
+from face_pipeline.embedding.descriptor import PREDICT_MODES, EmbeddingSettings
+from face_pipeline.imaging.decoding import MAX_PIXELS, ImageSpec
+from face_pipeline.imaging.detection import DetectionSettings
+from face_pipeline.inference.predictor import BATCH_SIZE, WORKER_NETWORKS_FROM
+from face_pipeline.ops.parallel import CHUNK_SIZE
 
 LABEL_SOURCES = ("filename", "manifest")
 
@@ -171,7 +171,7 @@ class RegistrySettings:
 
 
 def _task_block(params: Mapping[str, Any], block: str) -> None:
-    from face_pipeline.models import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
+    from face_pipeline.modelling.builders import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
     from face_pipeline.pipelines.training.settings import (  # noqa: PLC0415
         CalibrationSettings,
         HeadSettings,

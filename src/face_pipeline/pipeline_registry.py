@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from face_pipeline.inference.predictor import SERVED_TASKS
 from face_pipeline.pipelines import embeddings, evaluation, finetuning, ingestion, predict, preprocessing, training
-from face_pipeline.predict import SERVED_TASKS
 from face_pipeline.tasks import TASKS
 
 

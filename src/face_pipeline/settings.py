@@ -7,9 +7,9 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, RunNoteHook, TrackingStoreCheck
+from face_pipeline.inference.serving import pinned_requirements
+from face_pipeline.ops.services import ServiceCheckHook
 from face_pipeline.parameters import ParametersCheckHook
-from face_pipeline.services import ServiceCheckHook
-from face_pipeline.serving import pinned_requirements
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.calibration import (
+from face_pipeline.config import ConfigError
+from face_pipeline.labels import AGE_BINS, GENDERS
+from face_pipeline.scoring.calibration import (
     ECE_BINS,
     accuracy_at_coverage,
     age_range,
@@ -29,8 +31,6 @@ from face_pipeline.calibration import (
     risk_coverage,
     scale_temperature,
 )
-from face_pipeline.config import ConfigError
-from face_pipeline.labels import AGE_BINS, GENDERS
 
 if TYPE_CHECKING:
     import keras
@@ -54,7 +54,7 @@ class Task:
     particular to the task, ``{name: plot(test_predictions, report)}``.
 
     What users act on is fitted after training on the validation split
-    (``face_pipeline.calibration``): ``calibrate(outputs, targets, settings)`` returns the
+    (``face_pipeline.scoring.calibration``): ``calibrate(outputs, targets, settings)`` returns the
     calibration (a JSON-able dict saved with the model) from the network's outputs
     (``network_outputs``: the served one and, where there is one, its distribution);
     ``calibrated(values, calibration)`` is the served output once calibrated (the prediction
@@ -338,7 +338,7 @@ def huber_loss():
 
 
 def distribution_loss() -> dict[str, Any]:
-    from face_pipeline.losses import AgeDistributionLoss  # noqa: PLC0415
+    from face_pipeline.scoring.losses import AgeDistributionLoss  # noqa: PLC0415
 
     return {"age": "mae", "age_distribution": AgeDistributionLoss()}
 

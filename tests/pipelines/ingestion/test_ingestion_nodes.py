@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from fake_faces import corrupt_jpeg, encode, face_like, png_claiming_size, truncated_jpeg, write_utkface_folder
 
-from face_pipeline.datasets import ImageFolderDataset
-from face_pipeline.images import ImageRejected
+from face_pipeline.datasets.folders import ImageFolderDataset
+from face_pipeline.imaging.decoding import ImageRejected
 from face_pipeline.pipelines.ingestion.nodes import (
     MANIFEST_COLUMNS,
     age_band_labels,

@@ -7,9 +7,10 @@ from fake_faces import encode, face_like, utkface_name
 from PIL import Image
 from skimage import data
 
-from face_pipeline.datasets import NumpyDataset, ShardedArrayDataset
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec, decode_face
+from face_pipeline.datasets.folders import NumpyDataset, ShardedArrayDataset
+from face_pipeline.imaging.decoding import ImageSpec, decode_face
+from face_pipeline.imaging.detection import DetectionSettings
+from face_pipeline.inference.predictor import prepare_photo
 from face_pipeline.pipelines.preprocessing.nodes import (
     LABEL_COLUMNS,
     decode_split,
@@ -17,7 +18,6 @@ from face_pipeline.pipelines.preprocessing.nodes import (
     report_failures,
     split_labels,
 )
-from face_pipeline.predict import prepare_photo
 
 PARAMS = {"image": {"size": 32, "color_mode": "grayscale"}, "workers": 1, "chunk_size": 4}
 

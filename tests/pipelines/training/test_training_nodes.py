@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from face_pipeline.config import ConfigError
-from face_pipeline.models import build_model, compile_model
+from face_pipeline.inference.predictor import predict_in_batches
+from face_pipeline.modelling.builders import build_model, compile_model
 from face_pipeline.pipelines.training import backup, batch_norm, callbacks, run
 from face_pipeline.pipelines.training import budget as time_budget
 from face_pipeline.pipelines.training.data import make_dataset
 from face_pipeline.pipelines.training.nodes import history_as_metrics, plot_training_curves, train_model
-from face_pipeline.predict import predict_in_batches
 
 SIZE = 32
 MODEL = {

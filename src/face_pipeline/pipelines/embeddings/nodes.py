@@ -1,7 +1,7 @@
 """Embeddings: dlib's face-recognition embedding of every labelled image, computed once per image content.
 
 Each image is found and framed exactly as a photo is at prediction time (``predict.prepare_photo``
-with the saved detection settings), then embedded (``face_pipeline.embedding``). Embeddings are
+with the saved detection settings), then embedded (``face_pipeline.embedding.descriptor``). Embeddings are
 cached by the image's content (``embedding.content_key``) in a partitioned dataset: a later run,
 another split or another folder holding the same image computes nothing again.
 """
@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.embedding import (
+from face_pipeline.embedding.descriptor import (
     EMBEDDING_SIZE,
     METHOD,
     EmbeddingSettings,
     content_key,
     embedder,
 )
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageSpec
-from face_pipeline.parallel import map_chunks
-from face_pipeline.predict import network_outputs, prepare_photo
+from face_pipeline.imaging.decoding import ImageSpec
+from face_pipeline.imaging.detection import DetectionSettings
+from face_pipeline.inference.predictor import network_outputs, prepare_photo
+from face_pipeline.ops.parallel import map_chunks
 
 logger = logging.getLogger(__name__)
 

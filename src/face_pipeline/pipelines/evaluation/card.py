@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.bootstrap import bootstrap_interval
 from face_pipeline.parameters import EvaluationSettings, ModelCardSettings, RunSettings
+from face_pipeline.scoring.bootstrap import bootstrap_interval
 from face_pipeline.tasks import get_task
 
 from .nodes import GROUPINGS, with_groups
@@ -335,7 +335,7 @@ def _details(run: dict[str, Any], preprocessing: dict[str, Any], sections: list[
         "profile": f"`{run.get('profile')}`",
         "input": (
             f"a face chip of {image.get('size', '?')}x{image.get('size', '?')} px, {image.get('color_mode', '?')}, "
-            "`uint8` (`face_pipeline.images.decode_face`); in photos, faces are found and aligned to the "
+            "`uint8` (`face_pipeline.imaging.decoding.decode_face`); in photos, faces are found and aligned to the "
             "training chips' geometry first"
         ),
     }

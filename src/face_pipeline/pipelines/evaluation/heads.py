@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.combination import combine_outputs
+from face_pipeline.inference.predictor import network_outputs
+from face_pipeline.modelling.combination import combine_outputs
 from face_pipeline.pipelines.embeddings.nodes import with_embeddings
-from face_pipeline.predict import network_outputs
 
 from .nodes import breakdown, prediction_rows, score
 

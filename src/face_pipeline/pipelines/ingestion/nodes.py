@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.datasets import Refused, outside_folder
-from face_pipeline.images import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
+from face_pipeline.datasets.folders import Refused, outside_folder
+from face_pipeline.imaging.decoding import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
 from face_pipeline.labels import GENDERS, RACES, SPLITS
-from face_pipeline.parallel import CHUNK_SIZE, map_chunks
+from face_pipeline.ops.parallel import CHUNK_SIZE, map_chunks
 
 logger = logging.getLogger(__name__)
 

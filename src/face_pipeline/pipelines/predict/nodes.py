@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from face_pipeline.annotate import annotated_photos
-from face_pipeline.images import ImageSpec
+from face_pipeline.imaging.annotate import annotated_photos
+from face_pipeline.imaging.decoding import ImageSpec
+from face_pipeline.inference.predictor import FacePredictor, embedding_backend, embedding_heads
 from face_pipeline.parameters import PredictSettings
-from face_pipeline.predict import FacePredictor, embedding_backend, embedding_heads
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def annotate_photos(
     inference_settings: dict[str, Any],
     predict: dict[str, Any],
 ) -> dict[str, Image.Image]:
-    """With ``predict.annotate``: each photo with its faces' boxes and labels (``face_pipeline.annotate``),
+    """With ``predict.annotate``: each photo with its faces' boxes and labels (``face_pipeline.imaging.annotate``),
     by file name; a photo that could not be read or drawn is named in the log with the reason.
     Otherwise nothing."""
     if not PredictSettings.from_params(predict).annotate:

@@ -2,8 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.predict import inference_settings
-from face_pipeline.serving import log_face_model, register_models
+from face_pipeline.inference.predictor import inference_settings
+from face_pipeline.inference.serving import log_face_model, register_models
 
 from .nodes import annotate_photos, predict_faces
 

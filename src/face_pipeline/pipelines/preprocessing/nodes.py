@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.arrays import SHARD_ROWS, ArrayStream, ShardedArray
-from face_pipeline.datasets import ShardedArrayDataset
-from face_pipeline.faces import DetectionSettings
-from face_pipeline.images import ImageRejected, ImageSpec, decode_face
-from face_pipeline.parallel import CHUNK_SIZE, map_chunks
-from face_pipeline.predict import prepare_photo
+from face_pipeline.datasets.arrays import SHARD_ROWS, ArrayStream, ShardedArray
+from face_pipeline.datasets.folders import ShardedArrayDataset
+from face_pipeline.imaging.decoding import ImageRejected, ImageSpec, decode_face
+from face_pipeline.imaging.detection import DetectionSettings
+from face_pipeline.inference.predictor import prepare_photo
+from face_pipeline.ops.parallel import CHUNK_SIZE, map_chunks
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from face_pipeline.files import written_atomically
+from face_pipeline.ops.files import written_atomically
 
 from .budget import Plan
 

@@ -8,7 +8,7 @@ import time
 import keras
 import numpy as np
 
-from face_pipeline.distribute import agree
+from face_pipeline.ops.distribute import agree
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Nodes of the embedding heads: trained on the cached embeddings, then mixed with the task's network.
 
-The head learns the task from dlib's face embedding (``face_pipeline.heads``) with the task's
-loss; the mix of head and network (``face_pipeline.combination``) is weighted and calibrated on
+The head learns the task from dlib's face embedding (``face_pipeline.modelling.heads``) with the task's
+loss; the mix of head and network (``face_pipeline.modelling.combination``) is weighted and calibrated on
 the validation split, never the test split. Faces without an embedding are left out of both.
 """
 
@@ -14,11 +14,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from face_pipeline.combination import fit_combination
-from face_pipeline.heads import embedding_head
-from face_pipeline.models import compile_model, inference_model
+from face_pipeline.inference.predictor import network_outputs
+from face_pipeline.modelling.builders import compile_model, inference_model
+from face_pipeline.modelling.combination import fit_combination
+from face_pipeline.modelling.heads import embedding_head
 from face_pipeline.pipelines.embeddings.nodes import with_embeddings
-from face_pipeline.predict import network_outputs
 from face_pipeline.tasks import get_task
 
 from .callbacks import EpochLog, metric_name

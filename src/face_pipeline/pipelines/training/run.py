@@ -20,8 +20,14 @@ import pandas as pd
 import tensorflow as tf
 
 from face_pipeline.config import check_keys
-from face_pipeline.distribute import Cluster, agree, cluster_from_environment, strategy_name, training_strategy
-from face_pipeline.models import ModelSettings, build_model, compile_model, inference_model, resolve_precision
+from face_pipeline.modelling.builders import (
+    ModelSettings,
+    build_model,
+    compile_model,
+    inference_model,
+    resolve_precision,
+)
+from face_pipeline.ops.distribute import Cluster, agree, cluster_from_environment, strategy_name, training_strategy
 from face_pipeline.tasks import get_task
 
 from .backup import backup_path, data_fingerprint, forget_plan, keep_plan, saved_plan

@@ -243,7 +243,7 @@ def run_local_workers(
     interface as TensorFlow's do. Raises ``LoopbackUnavailable`` where no namespace can be made,
     rather than opening the servers to the network unasked.
     """
-    launcher = [sys.executable, "-m", "face_pipeline.distribute", str(workers), *command]
+    launcher = [sys.executable, "-m", "face_pipeline.ops.distribute", str(workers), *command]
     if not bind_all:
         if loopback_namespace() is None:
             raise LoopbackUnavailable(
@@ -288,7 +288,7 @@ def launch_local_workers(workers: int, command: Sequence[str], env: dict[str, st
     return [int(code) for code in codes]
 
 
-if __name__ == "__main__":  # pragma: no cover - used as `python -m face_pipeline.distribute N command...`
+if __name__ == "__main__":  # pragma: no cover - used as `python -m face_pipeline.ops.distribute N command...`
     exit_codes = launch_local_workers(int(sys.argv[1]), sys.argv[2:])
     print(f"workers exited with {exit_codes}", flush=True)
     sys.exit(max(exit_codes))

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from face_pipeline.alignment import ChipGeometry, Point, align, warp
 from face_pipeline.config import check_keys, require_choice, require_range
+from face_pipeline.imaging.alignment import ChipGeometry, Point, align, warp
 
 DETECT_MODES = ("auto", "always", "never")
 ASSETS = Path(__file__).parent / "assets"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from face_pipeline.distribute import Cluster, LoopbackUnavailable, cluster_from_environment, run_local_workers
+from face_pipeline.ops.distribute import Cluster, LoopbackUnavailable, cluster_from_environment, run_local_workers
 
 MODEL_INPUTS = ("train_images", "train_labels", "val_images", "val_labels")
 # What the chief's nodes also read: the embedding heads train and are evaluated on them.
@@ -86,7 +86,7 @@ def train(tasks: tuple[str, ...], workers: int, bind_all: bool, env: str | None)
                 "MLFLOW_TRACKING_URI names a tracking server, which local workers with loopback only "
                 "cannot reach: add --bind-all"
             )
-        command = [sys.executable, "-c", "from face_pipeline.console import main; main()", "train"]
+        command = [sys.executable, "-c", "from face_pipeline.commands.console import main; main()", "train"]
         command += [f"--task={task}" for task in tasks] + ([f"--env={env}"] if env else [])
         try:
             sys.exit(run_local_workers(workers, command, bind_all=bind_all))
@@ -94,7 +94,7 @@ def train(tasks: tuple[str, ...], workers: int, bind_all: bool, env: str | None)
             raise click.ClickException(str(error)) from error
     cluster = cluster_from_environment()
     if cluster.distributed:  # before TensorFlow runs anything: collective ops are set up at start
-        from face_pipeline.distribute import training_strategy  # noqa: PLC0415
+        from face_pipeline.ops.distribute import training_strategy  # noqa: PLC0415
 
         training_strategy(cluster)
     for task in tasks:

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from face_pipeline.alignment import ChipGeometry
 from face_pipeline.config import read_block, require_choice, require_range
-from face_pipeline.parallel import CHUNK_SIZE
+from face_pipeline.imaging.alignment import ChipGeometry
+from face_pipeline.ops.parallel import CHUNK_SIZE
 
 EMBEDDING_SIZE = 128
 CHIP_SIZE, CHIP_PADDING = 150, 0.25  # dlib's framing for its ResNet (dnn_face_recognition_ex.cpp)
@@ -138,6 +138,6 @@ def embedder(backend: str) -> Any:
     """The network that embeds chips: dlib's own (``dlib``) or the Keras copy of it (``keras``)."""
     if backend == "dlib":
         return DlibEmbedder()
-    from face_pipeline.embedding_network import unit_embedding_network  # noqa: PLC0415 - TensorFlow
+    from face_pipeline.embedding.network import unit_embedding_network  # noqa: PLC0415 - TensorFlow
 
     return unit_embedding_network()

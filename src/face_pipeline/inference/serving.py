@@ -34,9 +34,9 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.types import ColSpec, Schema
 
 import face_pipeline
-from face_pipeline.embedding import PREDICT_MODES
-from face_pipeline.images import ImageRejected, open_image
-from face_pipeline.predict import FACE_COLUMNS, OUTCOME_COLUMNS, SERVED_TASKS, task_columns
+from face_pipeline.embedding.descriptor import PREDICT_MODES
+from face_pipeline.imaging.decoding import ImageRejected, open_image
+from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, SERVED_TASKS, task_columns
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class FaceModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras  # noqa: PLC0415
 
-        from face_pipeline.predict import FacePredictor, embedding_backend, embedding_heads  # noqa: PLC0415
+        from face_pipeline.inference.predictor import FacePredictor, embedding_backend, embedding_heads  # noqa: PLC0415
 
         config = context.model_config
         self.limits = ServingLimits.from_config(config)

@@ -1,4 +1,4 @@
-"""Embedding heads: a task's output layer on dlib's face embedding (``face_pipeline.embedding``).
+"""Embedding heads: a task's output layer on dlib's face embedding (``face_pipeline.embedding.descriptor``).
 
 Like the model builders in ``models``, a function returning an uncompiled ``keras.Model`` from
 a few named parameters; compiled by ``models.compile_model``, with the task's loss and outputs
@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from face_pipeline.embedding import EMBEDDING_SIZE
+from face_pipeline.embedding.descriptor import EMBEDDING_SIZE
 from face_pipeline.tasks import get_task
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from face_pipeline.embedding import PREDICT_MODES
-from face_pipeline.faces import DETECT_MODES
+from face_pipeline.embedding.descriptor import PREDICT_MODES
+from face_pipeline.imaging.detection import DETECT_MODES
 
 DEFAULT_MODELS = {"gender": "data/06_models/gender_model.keras", "age": "data/06_models/age_model.keras"}
 DEFAULT_SETTINGS = "data/06_models/inference_settings.json"
@@ -75,7 +75,7 @@ def load_predictor(
     import os  # noqa: PLC0415
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from face_pipeline.predict import (  # noqa: PLC0415 - keep --help fast
+    from face_pipeline.inference.predictor import (  # noqa: PLC0415 - keep --help fast
         FacePredictor,
         embedding_backend,
         load_calibration,
@@ -127,7 +127,7 @@ def predict(
     **models,
 ) -> None:
     """Print gender and age for every face in PATHS (photos, folders or fsspec URLs), one line per face."""
-    from face_pipeline.datasets import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
+    from face_pipeline.datasets.folders import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
 
     try:
         photos = ImageFilesDataset(paths=list(paths), refuse_outside_links=refuse_outside_links).load()
@@ -158,7 +158,7 @@ def predict(
 def _write_annotated(chunk, photos, folder: Path, taken: set[str], max_pixels: int) -> None:
     """Each photo of ``chunk`` with its faces drawn on it into ``folder``; one that could not be
     read or drawn is named on stderr with the reason, and the others go on."""
-    from face_pipeline.annotate import annotated_photos, encoded  # noqa: PLC0415
+    from face_pipeline.imaging.annotate import annotated_photos, encoded  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     for photo in annotated_photos(chunk, photos, taken, max_pixels):
@@ -195,7 +195,7 @@ def demo(host: str, port: int, **models) -> None:
     """A local web page to try the models: drop photos, see them annotated and the table of faces."""
     import uvicorn  # noqa: PLC0415
 
-    from face_pipeline.demo import create_app  # noqa: PLC0415
+    from face_pipeline.commands.demo import create_app  # noqa: PLC0415
 
     app = create_app(load_predictor(**models))
     click.echo(f"face_pipeline demo on http://{host}:{port}/ (Ctrl+C to stop)")
@@ -203,7 +203,7 @@ def demo(host: str, port: int, **models) -> None:
 
 
 def main() -> None:
-    from face_pipeline.train_command import train  # noqa: PLC0415
+    from face_pipeline.commands.train import train  # noqa: PLC0415
 
     cli.add_command(train)
     cli()

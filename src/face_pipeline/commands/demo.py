@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from face_pipeline.annotate import annotate, encoded
-from face_pipeline.predict import FacePredictor
+from face_pipeline.imaging.annotate import annotate, encoded
+from face_pipeline.inference.predictor import FacePredictor
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.faces import DetectionSettings, Face, face_chip, find_faces, whole_image
-from face_pipeline.images import ImageRejected, ImageSpec, convert_pixels, face_input, load_scaled_image
-from face_pipeline.parallel import chunked, map_chunks, resolve_workers, worker_pool
+from face_pipeline.imaging.decoding import ImageRejected, ImageSpec, convert_pixels, face_input, load_scaled_image
+from face_pipeline.imaging.detection import DetectionSettings, Face, face_chip, find_faces, whole_image
+from face_pipeline.ops.parallel import chunked, map_chunks, resolve_workers, worker_pool
 from face_pipeline.tasks import get_task, served_output
 
 logger = logging.getLogger(__name__)
@@ -167,14 +167,14 @@ class _FirstTraces(logging.Filter):
 def embedding_backend(settings: Mapping[str, Any]) -> str:
     """The embedding network's backend saved in ``inference_settings`` (the default for settings saved
     before it: every backend gives the same embeddings)."""
-    from face_pipeline.embedding import EmbeddingSettings  # noqa: PLC0415
+    from face_pipeline.embedding.descriptor import EmbeddingSettings  # noqa: PLC0415
 
     return settings.get("embedding", {}).get("backend", EmbeddingSettings().backend)
 
 
 def embedding_heads(heads: Mapping[str, Mapping[str, Any]], backend: str) -> EmbeddingHeads:
     """``EmbeddingHeads`` from each task's ``{"head", "combination"}`` and the embedding network of ``backend``."""
-    from face_pipeline.embedding import embedder  # noqa: PLC0415
+    from face_pipeline.embedding.descriptor import embedder  # noqa: PLC0415
 
     # Five networks each trace their predict function once; TensorFlow counts those traces
     # together and warns of "retracing" that is not happening.
@@ -252,7 +252,7 @@ def fast_inference_model(model: Any) -> Any:
         return model
     import keras  # noqa: PLC0415
 
-    from face_pipeline.models import fold_batch_norm  # noqa: PLC0415 - TensorFlow, only with a Keras model
+    from face_pipeline.modelling.builders import fold_batch_norm  # noqa: PLC0415 - TensorFlow, only with a Keras model
 
     probe = np.random.default_rng(0).integers(0, 256, (4, *model.input_shape[1:])).astype(np.float32)
     try:
@@ -285,7 +285,7 @@ def inference_settings(
     run's artifact of that name) so that the ``predict`` pipeline, the ``face-pipeline`` command
     and the served model build the same ``FacePredictor`` from it.
     """
-    from face_pipeline.embedding import EmbeddingSettings  # noqa: PLC0415
+    from face_pipeline.embedding.descriptor import EmbeddingSettings  # noqa: PLC0415
 
     spec = ImageSpec.from_params(preprocessing["image"])
     return {
@@ -326,7 +326,7 @@ def prepare_photo(
     chips = [face_chip(rgb, face, detection) for face in faces]
     inputs = [face_input(convert_pixels(chip, spec.color_mode), spec) for chip in chips]
     if embedding_chips:
-        from face_pipeline.embedding import embedding_chip  # noqa: PLC0415 - dlib, only when asked
+        from face_pipeline.embedding.descriptor import embedding_chip  # noqa: PLC0415 - dlib, only when asked
 
         inputs = [(face, embedding_chip(chip, detection.chip)) for face, chip in zip(inputs, chips, strict=True)]
     return [_row(name, index, face, scale) for index, face in enumerate(faces)], inputs
@@ -365,7 +365,7 @@ def prepare_photos(
     stacked = np.stack(faces) if faces else np.empty((0, *spec.shape), dtype=np.uint8)
     if not embedding_chips:
         return PreparedFaces(rows, stacked)
-    from face_pipeline.embedding import CHIP_SIZE  # noqa: PLC0415
+    from face_pipeline.embedding.descriptor import CHIP_SIZE  # noqa: PLC0415
 
     chips = np.stack([chip for _, chip in inputs]) if inputs else np.empty((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
     return PreparedFaces(rows, stacked, chips)
@@ -414,7 +414,7 @@ def prediction_table(
             )
         )
         if accurate is not None and prepared.chips is not None:
-            from face_pipeline.combination import combine_outputs  # noqa: PLC0415
+            from face_pipeline.modelling.combination import combine_outputs  # noqa: PLC0415
 
             [embeddings] = network_outputs(accurate.embedder, prepared.chips, batch_size).values()
             heads = [accurate.heads[task] for task in models]

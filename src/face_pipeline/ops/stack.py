@@ -1,7 +1,7 @@
 """A local team stack on 127.0.0.1: PostgreSQL, SeaweedFS (S3), an MLflow server, a Dask cluster.
 
-    python -m face_pipeline.stack up [--dir .stack]    # start, print the environment to export
-    python -m face_pipeline.stack down [--dir .stack]  # stop every process it started
+    python -m face_pipeline.ops.stack up [--dir .stack]    # start, print the environment to export
+    python -m face_pipeline.ops.stack down [--dir .stack]  # stop every process it started
 
 For trying ``kedro run --env=team`` on one machine and for the integration test; a team points
 the same settings at managed services instead (docs/team.md). Every server binds 127.0.0.1 only,
@@ -335,7 +335,7 @@ def exports(env: dict[str, str]) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m face_pipeline.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m face_pipeline.ops.stack", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", default=".stack", help="where data, logs and stack.json go (default .stack)")
     parser.add_argument("--dask-workers", type=int, default=2, help="0: no Dask cluster")

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from face_pipeline.images import ImageSpec, load_image
+from face_pipeline.imaging.decoding import ImageSpec, load_image
 
 BOX_COLOUR = (255, 214, 0)  # bright yellow, outlined in black: visible on any background
 OUTLINE = (0, 0, 0)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from kedro.io.core import get_filepath_str
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
-from face_pipeline.files import written_atomically
+from face_pipeline.ops.files import written_atomically
 
 
 class AtomicTensorFlowModelDataset(TensorFlowModelDataset):

@@ -25,8 +25,8 @@ from kedro.io.core import (
 )
 from kedro_datasets.partitions import PartitionedDataset
 
-from face_pipeline.arrays import SHARD_ROWS, ShardedArray
-from face_pipeline.files import written_atomically
+from face_pipeline.datasets.arrays import SHARD_ROWS, ShardedArray
+from face_pipeline.ops.files import written_atomically
 
 
 class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
@@ -39,7 +39,7 @@ class NumpyDataset(AbstractVersionedDataset[np.ndarray, np.ndarray]):
     For arrays that fit in memory; the image splits use ``ShardedArrayDataset``. Example::
 
         embeddings:
-          type: face_pipeline.datasets.NumpyDataset
+          type: face_pipeline.datasets.folders.NumpyDataset
           filepath: data/07_model_output/embeddings.npy
     """
 
@@ -113,7 +113,7 @@ class ShardedArrayDataset(AbstractDataset[Iterable[np.ndarray] | np.ndarray, Sha
     Example::
 
         train_images:
-          type: face_pipeline.datasets.ShardedArrayDataset
+          type: face_pipeline.datasets.folders.ShardedArrayDataset
           filepath: data/05_model_input/train_images
     """
 
@@ -240,7 +240,7 @@ class Refused:
     detail: str
 
     def __call__(self) -> bytes:
-        from face_pipeline.images import ImageRejected  # noqa: PLC0415 - keep this module light
+        from face_pipeline.imaging.decoding import ImageRejected  # noqa: PLC0415 - keep this module light
 
         raise ImageRejected(self.reason, self.detail)
 
@@ -309,7 +309,7 @@ class ImageFolderDataset(PartitionedDataset):
     Example::
 
         raw_images:
-          type: face_pipeline.datasets.ImageFolderDataset
+          type: face_pipeline.datasets.folders.ImageFolderDataset
           path: data/01_raw/utkface
           refuse_outside_links: false
           dataset: {type: text.TextDataset, fs_args: {open_args_load: {mode: rb}}}
@@ -375,7 +375,7 @@ class ImageFilesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
         return {"paths": self._paths, "refuse_outside_links": self._refuse_outside_links}
 
     def load(self) -> dict[str, Callable[[], bytes]]:
-        from face_pipeline.images import is_image_file  # noqa: PLC0415 - keep this module light
+        from face_pipeline.imaging.decoding import is_image_file  # noqa: PLC0415 - keep this module light
 
         files: dict[str, Callable[[], bytes]] = {}
         for location in self._paths:
@@ -422,7 +422,7 @@ class KerasModelDataset(_FromModelSource):
     """
 
     def load(self) -> Any:
-        from face_pipeline.predict import load_keras_model  # noqa: PLC0415 - TensorFlow only when needed
+        from face_pipeline.inference.predictor import load_keras_model  # noqa: PLC0415 - TensorFlow only when needed
 
         return load_keras_model(self._source)
 
@@ -432,7 +432,7 @@ class CalibrationDataset(_FromModelSource):
     path or MLflow URI a ``KerasModelDataset`` reads the model from. Read-only."""
 
     def load(self) -> dict[str, Any]:
-        from face_pipeline.predict import load_calibration  # noqa: PLC0415
+        from face_pipeline.inference.predictor import load_calibration  # noqa: PLC0415
 
         return load_calibration(self._source)
 
@@ -443,7 +443,7 @@ class EmbeddingHeadDataset(_FromModelSource):
     fast mode loads nothing more. Read-only."""
 
     def load(self) -> Callable[[], dict[str, Any]]:
-        from face_pipeline.predict import load_embedding_head  # noqa: PLC0415
+        from face_pipeline.inference.predictor import load_embedding_head  # noqa: PLC0415
 
         return functools.partial(load_embedding_head, self._source)
 
@@ -461,7 +461,7 @@ class MlflowParamsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     Example::
 
         "{task}.training_decisions":
-          type: face_pipeline.datasets.MlflowParamsDataset
+          type: face_pipeline.datasets.folders.MlflowParamsDataset
           filepath: data/08_reporting/{task}_training_decisions.json
           prefix: "{task}.decided"
     """

@@ -1,0 +1,1 @@
+"""The console scripts: ``face-pipeline predict``, ``train`` and ``demo``."""

@@ -1,0 +1,1 @@
+"""Kedro datasets that kedro-datasets does not provide (the catalog names them by module)."""

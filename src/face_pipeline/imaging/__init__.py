@@ -1,0 +1,1 @@
+"""Pictures and faces without TensorFlow: decoding, detection, alignment, annotation."""

@@ -1,0 +1,1 @@
+"""Keras networks: the builders, the embedding heads and the mix of the two."""

@@ -1,0 +1,1 @@
+"""Running things: worker processes, distributed training, servers, atomic files."""
