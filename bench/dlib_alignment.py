@@ -65,12 +65,9 @@ def main() -> None:
     from predict import first_faces, photo_sample, scores, utkface_sample  # noqa: PLC0415
 
     from face_pipeline.imaging.decoding import ImageSpec, convert_pixels, face_input  # noqa: PLC0415
-    from face_pipeline.inference.predictor import (  # noqa: PLC0415
-        FacePredictor,
-        load_inference_settings,
-        load_keras_model,
-        predict_in_batches,
-    )
+    from face_pipeline.inference.batching import predict_in_batches  # noqa: PLC0415
+    from face_pipeline.inference.loading import load_inference_settings, load_keras_model  # noqa: PLC0415
+    from face_pipeline.inference.predictor import FacePredictor  # noqa: PLC0415
 
     OUT.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(OUT / "dlib-venv", DLIB_REQUIREMENTS)

@@ -267,7 +267,7 @@ def package_trained_model(models: Path, store: Path) -> str:
     import keras  # noqa: PLC0415
     import mlflow  # noqa: PLC0415
 
-    from face_pipeline.inference.serving import log_face_model  # noqa: PLC0415
+    from face_pipeline.inference.packaging import log_face_model  # noqa: PLC0415
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     mlflow.set_experiment("load_bench")

@@ -90,13 +90,13 @@ def ours(listing: Path, detect: str, cores: str, out: Path, mode: str = "fast") 
     if cores == "1":
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from face_pipeline.inference.predictor import (  # noqa: PLC0415
-        FacePredictor,
+    from face_pipeline.inference.loading import (  # noqa: PLC0415
         embedding_backend,
         load_embedding_heads,
         load_inference_settings,
         load_keras_model,
     )
+    from face_pipeline.inference.predictor import FacePredictor  # noqa: PLC0415
 
     sources = {task: PROJECT_ROOT / f"data/06_models/{task}_model.keras" for task in ("gender", "age")}
     models = {task: load_keras_model(source) for task, source in sources.items()}

@@ -47,7 +47,7 @@ np.save(out, np.concatenate([np.asarray(values).reshape(len(values), -1) for val
 
 def write_sample(rows: int) -> None:
     """The first ``rows`` validation faces as one plain ``.npy`` (and labels), which both checkouts read."""
-    from face_pipeline.datasets.folders import ShardedArrayDataset  # noqa: PLC0415
+    from face_pipeline.datasets.array_files import ShardedArrayDataset  # noqa: PLC0415
 
     images = ShardedArrayDataset(filepath=str(PROJECT_ROOT / "data/05_model_input/val_images")).load()
     np.save(OUT / "images.npy", np.asarray(images[:rows]))

@@ -109,7 +109,7 @@ def repeated(manifest, raw: dict, copies: int):
 def preprocess(copies: int) -> dict:
     import pandas as pd  # noqa: PLC0415
 
-    from face_pipeline.datasets.folders import ShardedArrayDataset  # noqa: PLC0415
+    from face_pipeline.datasets.array_files import ShardedArrayDataset  # noqa: PLC0415
     from face_pipeline.pipelines.preprocessing.nodes import decode_split  # noqa: PLC0415
 
     raw, params = load_project()
@@ -143,7 +143,7 @@ def small_network(input_shape: tuple[int, ...]):
 def epoch(copies: int) -> dict:
     import numpy as np  # noqa: PLC0415
 
-    from face_pipeline.datasets.folders import ShardedArrayDataset  # noqa: PLC0415
+    from face_pipeline.datasets.array_files import ShardedArrayDataset  # noqa: PLC0415
     from face_pipeline.pipelines.training.data import make_dataset  # noqa: PLC0415
 
     images = ShardedArrayDataset(filepath=str(OUT / f"x{copies}")).load()

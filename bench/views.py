@@ -65,7 +65,7 @@ def main() -> None:
     import keras  # noqa: PLC0415 - several seconds: not for --help
     import pandas as pd  # noqa: PLC0415
 
-    from face_pipeline.datasets.folders import ShardedArrayDataset  # noqa: PLC0415
+    from face_pipeline.datasets.array_files import ShardedArrayDataset  # noqa: PLC0415
 
     images = np.asarray(ShardedArrayDataset(filepath=str(MODEL_INPUT / "val_images")).load())
     truth = pd.read_parquet(MODEL_INPUT / "val_labels.parquet")[args.task].to_numpy("float32")

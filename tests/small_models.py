@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from face_pipeline.imaging.decoding import ImageSpec
-from face_pipeline.inference.predictor import inference_settings
+from face_pipeline.inference.photos import inference_settings
 from face_pipeline.modelling.builders import build_model, compile_model, inference_model
 
 SIZE = 32

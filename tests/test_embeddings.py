@@ -11,7 +11,8 @@ from small_models import Recorder
 from face_pipeline.embedding.descriptor import EMBEDDING_SIZE, DlibEmbedder, content_key, embedding_chip
 from face_pipeline.imaging.decoding import ImageSpec
 from face_pipeline.imaging.detection import DetectionSettings, face_chip, find_faces
-from face_pipeline.inference.predictor import EmbeddingHeads, FacePredictor
+from face_pipeline.inference.loading import EmbeddingHeads
+from face_pipeline.inference.predictor import FacePredictor
 from face_pipeline.labels import AGE_BINS
 from face_pipeline.modelling.combination import combine_outputs, fit_combination
 from face_pipeline.pipelines.embeddings import nodes

@@ -20,7 +20,7 @@ from conftest import copy_project
 from fake_faces import write_utkface_folder
 from kedro.io.core import DatasetError, Version
 
-from face_pipeline.datasets.folders import NumpyDataset, ShardedArrayDataset
+from face_pipeline.datasets.array_files import NumpyDataset, ShardedArrayDataset
 from face_pipeline.hooks import TrackingStoreUnavailable, TrainingInProgress, check_tracking_store, lock_folder
 from face_pipeline.modelling.builders import build_model
 from face_pipeline.ops.files import partial_name, written_atomically

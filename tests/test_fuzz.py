@@ -15,7 +15,7 @@ from fuzz_inputs import hostile_folder, reads_outside, time_limit
 
 from face_pipeline.commands.console import cli
 from face_pipeline.datasets.folders import ImageFolderDataset
-from face_pipeline.inference.predictor import inference_settings
+from face_pipeline.inference.photos import inference_settings
 from face_pipeline.modelling.builders import build_model
 from face_pipeline.pipelines.ingestion.nodes import inspect_images, label_images, select_usable_images
 

@@ -19,7 +19,7 @@ from conftest import CARD_SECTIONS, PROJECT_ROOT, kedro, run_in_process, use_sma
 from fake_faces import encode, face_like, truncated_jpeg, write_utkface_folder
 from PIL import Image
 
-from face_pipeline.datasets.folders import ShardedArrayDataset
+from face_pipeline.datasets.array_files import ShardedArrayDataset
 from face_pipeline.pipeline_registry import register_pipelines
 from face_pipeline.scoring.bootstrap import bootstrap_interval
 
@@ -264,7 +264,7 @@ def settings_for(project, env=None, runtime_params=None) -> dict:
 
 
 def test_logged_networks_name_their_pinned_requirements(project):
-    from face_pipeline.inference.serving import pinned_requirements  # noqa: PLC0415
+    from face_pipeline.inference.packaging import pinned_requirements  # noqa: PLC0415
 
     catalog = context_for(project).config_loader["catalog"]
     assert catalog["{task}.mlflow_model"]["save_args"]["pip_requirements"] == pinned_requirements()

@@ -14,13 +14,10 @@ from small_models import CROP, PHOTO, SIZE, SPEC, Recorder
 
 from face_pipeline.imaging.decoding import ImageSpec, convert_pixels, decode_face, face_input, load_image
 from face_pipeline.imaging.detection import DetectionSettings, face_chip, find_faces
-from face_pipeline.inference.predictor import (
-    PREDICTION_COLUMNS,
-    FacePredictor,
-    load_keras_model,
-    predict_in_batches,
-    prepare_photo,
-)
+from face_pipeline.inference.batching import predict_in_batches
+from face_pipeline.inference.loading import load_keras_model
+from face_pipeline.inference.photos import prepare_photo
+from face_pipeline.inference.predictor import PREDICTION_COLUMNS, FacePredictor
 
 
 def test_rows_for_faces_no_faces_and_bad_files():
@@ -148,7 +145,7 @@ def test_keras_networks_answer_alike_in_workers_and_in_this_process(saved_models
 def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypatch):
     import keras  # noqa: PLC0415
 
-    from face_pipeline.inference.predictor import fast_inference_model  # noqa: PLC0415
+    from face_pipeline.inference.batching import fast_inference_model  # noqa: PLC0415
     from face_pipeline.modelling import builders as models  # noqa: PLC0415
 
     network = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4]), "gender")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import kedro
 
-from face_pipeline.datasets.folders import ShardedArrayDataset
+from face_pipeline.datasets.array_files import ShardedArrayDataset
 from face_pipeline.pipelines.ingestion.nodes import SPLITS
 
 pytestmark = [

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from face_pipeline.hooks import without_credentials
-from face_pipeline.inference.predictor import load_keras_model
+from face_pipeline.inference.loading import load_keras_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

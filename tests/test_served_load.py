@@ -16,8 +16,9 @@ from fuzz_inputs import mutated_photos
 from PIL import Image
 from skimage import data
 
-from face_pipeline.inference.predictor import inference_settings
-from face_pipeline.inference.serving import SERVING_LIMITS, log_face_model, without_stack_trace
+from face_pipeline.inference.packaging import log_face_model
+from face_pipeline.inference.photos import inference_settings
+from face_pipeline.inference.serving import SERVING_LIMITS, without_stack_trace
 from face_pipeline.modelling.builders import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -20,13 +20,9 @@ from click.testing import CliRunner
 from small_models import ANSWER_COLUMNS, CALIBRATION, CROP, PHOTO, SETTINGS, SIZE
 
 from face_pipeline.commands.console import cli
-from face_pipeline.inference.predictor import (
-    FacePredictor,
-    load_calibration,
-    load_inference_settings,
-    load_keras_model,
-)
-from face_pipeline.inference.serving import log_face_model, pinned_requirements, register_models
+from face_pipeline.inference.loading import load_calibration, load_inference_settings, load_keras_model
+from face_pipeline.inference.packaging import log_face_model, pinned_requirements, register_models
+from face_pipeline.inference.predictor import FacePredictor
 
 
 @pytest.fixture(scope="module")

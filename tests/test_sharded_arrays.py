@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from kedro.io.core import DatasetError
 
+from face_pipeline.datasets.array_files import ShardedArrayDataset
 from face_pipeline.datasets.arrays import ArrayStream, ShardedArray
-from face_pipeline.datasets.folders import ShardedArrayDataset
 
 
 def numbered_rows(count: int, row_shape: tuple[int, ...] = (3, 2, 1)) -> np.ndarray:

@@ -28,7 +28,7 @@ import yaml
 from conftest import PROJECT_ROOT, copy_project, kedro, use_small_networks
 from fake_faces import write_utkface_folder
 
-from face_pipeline.datasets.folders import ShardedArrayDataset
+from face_pipeline.datasets.array_files import ShardedArrayDataset
 from face_pipeline.ops import stack as team_stack
 
 REQUIRED = "FACE_PIPELINE_REQUIRE_TEAM"

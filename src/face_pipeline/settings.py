@@ -7,7 +7,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, RunNoteHook, TrackingStoreCheck
-from face_pipeline.inference.serving import pinned_requirements
+from face_pipeline.inference.packaging import pinned_requirements
 from face_pipeline.ops.services import ServiceCheckHook
 from face_pipeline.parameters import ParametersCheckHook
 

@@ -75,14 +75,14 @@ def load_predictor(
     import os  # noqa: PLC0415
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from face_pipeline.inference.predictor import (  # noqa: PLC0415 - keep --help fast
-        FacePredictor,
+    from face_pipeline.inference.loading import (  # noqa: PLC0415 - keep --help fast
         embedding_backend,
         load_calibration,
         load_embedding_heads,
         load_inference_settings,
         load_keras_model,
     )
+    from face_pipeline.inference.predictor import FacePredictor  # noqa: PLC0415 - keep --help fast
 
     if model_uri:
         gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"

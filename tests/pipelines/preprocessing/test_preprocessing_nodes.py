@@ -7,10 +7,10 @@ from fake_faces import encode, face_like, utkface_name
 from PIL import Image
 from skimage import data
 
-from face_pipeline.datasets.folders import NumpyDataset, ShardedArrayDataset
+from face_pipeline.datasets.array_files import NumpyDataset, ShardedArrayDataset
 from face_pipeline.imaging.decoding import ImageSpec, decode_face
 from face_pipeline.imaging.detection import DetectionSettings
-from face_pipeline.inference.predictor import prepare_photo
+from face_pipeline.inference.photos import prepare_photo
 from face_pipeline.pipelines.preprocessing.nodes import (
     LABEL_COLUMNS,
     decode_split,

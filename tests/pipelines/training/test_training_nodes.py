@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from face_pipeline.config import ConfigError
-from face_pipeline.inference.predictor import predict_in_batches
+from face_pipeline.inference.batching import predict_in_batches
 from face_pipeline.modelling.builders import build_model, compile_model
 from face_pipeline.pipelines.training import backup, batch_norm, callbacks, run
 from face_pipeline.pipelines.training import budget as time_budget

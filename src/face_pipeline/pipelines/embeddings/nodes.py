@@ -25,7 +25,8 @@ from face_pipeline.embedding.descriptor import (
 )
 from face_pipeline.imaging.decoding import ImageSpec
 from face_pipeline.imaging.detection import DetectionSettings
-from face_pipeline.inference.predictor import network_outputs, prepare_photo
+from face_pipeline.inference.batching import network_outputs
+from face_pipeline.inference.photos import prepare_photo
 from face_pipeline.ops.parallel import map_chunks
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from face_pipeline.inference.predictor import network_outputs
+from face_pipeline.inference.batching import network_outputs
 from face_pipeline.modelling.combination import combine_outputs
 from face_pipeline.pipelines.embeddings.nodes import with_embeddings
 

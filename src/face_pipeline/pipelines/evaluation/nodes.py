@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from face_pipeline.inference.predictor import network_outputs
+from face_pipeline.inference.batching import network_outputs
 from face_pipeline.labels import GENDERS, RACES
 from face_pipeline.parameters import EvaluationSettings
 from face_pipeline.pipelines.ingestion.nodes import age_bands

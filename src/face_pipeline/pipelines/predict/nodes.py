@@ -12,7 +12,8 @@ from PIL import Image
 
 from face_pipeline.imaging.annotate import annotated_photos
 from face_pipeline.imaging.decoding import ImageSpec
-from face_pipeline.inference.predictor import FacePredictor, embedding_backend, embedding_heads
+from face_pipeline.inference.loading import embedding_backend, embedding_heads
+from face_pipeline.inference.predictor import FacePredictor
 from face_pipeline.parameters import PredictSettings
 
 logger = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.inference.predictor import inference_settings
-from face_pipeline.inference.serving import log_face_model, register_models
+from face_pipeline.inference.packaging import log_face_model, register_models
+from face_pipeline.inference.photos import inference_settings
 
 from .nodes import annotate_photos, predict_faces
 

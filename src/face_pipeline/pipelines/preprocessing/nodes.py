@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from face_pipeline.datasets.array_files import ShardedArrayDataset
 from face_pipeline.datasets.arrays import SHARD_ROWS, ArrayStream, ShardedArray
-from face_pipeline.datasets.folders import ShardedArrayDataset
 from face_pipeline.imaging.decoding import ImageRejected, ImageSpec, decode_face
 from face_pipeline.imaging.detection import DetectionSettings
-from face_pipeline.inference.predictor import prepare_photo
+from face_pipeline.inference.photos import prepare_photo
 from face_pipeline.ops.parallel import CHUNK_SIZE, map_chunks
 
 logger = logging.getLogger(__name__)

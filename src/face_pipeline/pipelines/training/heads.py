@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from face_pipeline.inference.predictor import network_outputs
+from face_pipeline.inference.batching import network_outputs
 from face_pipeline.modelling.builders import compile_model, inference_model
 from face_pipeline.modelling.combination import fit_combination
 from face_pipeline.modelling.heads import embedding_head

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from face_pipeline.inference.predictor import network_outputs
+from face_pipeline.inference.batching import network_outputs
 from face_pipeline.tasks import get_task
 
 from .callbacks import metric_name
