@@ -17,16 +17,8 @@ from fake_faces import encode, face_like, write_utkface_folder
 from face_pipeline.imaging.decoding import ImageSpec
 from face_pipeline.imaging.detection import DetectionSettings
 from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor
-from face_pipeline.tasks import (
-    GENDER,
-    TASKS,
-    Task,
-    gender_metrics,
-    gender_scores,
-    register,
-    served_output,
-    unregister,
-)
+from face_pipeline.scoring.scores import gender_scores
+from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, register, served_output, unregister
 
 
 def adult_head(features, loss=None):

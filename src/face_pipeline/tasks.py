@@ -19,7 +19,6 @@ import pandas as pd
 from face_pipeline.config import ConfigError
 from face_pipeline.labels import AGE_BINS, GENDERS
 from face_pipeline.scoring.calibration import (
-    ECE_BINS,
     accuracy_at_coverage,
     age_range,
     confidence,
@@ -27,10 +26,17 @@ from face_pipeline.scoring.calibration import (
     fit_age_range,
     fit_temperature,
     range_scores,
-    reliability_table,
-    risk_coverage,
     scale_temperature,
 )
+from face_pipeline.scoring.plots import (
+    plot_age_ranges,
+    plot_confusion_matrix,
+    plot_predicted_vs_true,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_roc_curve,
+)
+from face_pipeline.scoring.scores import age_scores, gender_scores
 
 if TYPE_CHECKING:
     import keras
@@ -132,26 +138,6 @@ def gender_metrics() -> list[keras.metrics.Metric]:
     return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
 
 
-def gender_scores(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Classification scores; AUC and log loss are None when only one class is present."""
-    from sklearn import metrics as skm  # noqa: PLC0415
-
-    y_true = np.asarray(y_true, dtype=int)
-    y_pred = (np.asarray(probability) >= threshold).astype(int)
-    both_classes = len(np.unique(y_true)) == 2
-    clipped = np.clip(probability, 1e-7, 1 - 1e-7)
-    return {
-        "count": len(y_true),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else None,
-        "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
-        "recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
-        "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
-        "roc_auc": float(skm.roc_auc_score(y_true, probability)) if both_classes else None,
-        "log_loss": float(skm.log_loss(y_true, clipped, labels=[0, 1])) if len(y_true) else None,
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
-    }
-
-
 def calibrate_gender(outputs: Mapping[str, np.ndarray], targets: np.ndarray, settings: Mapping[str, Any]) -> dict:
     """Temperature scaling of P(female), fitted on the validation faces; ``uncertain_below`` kept with it."""
 
@@ -195,83 +181,6 @@ def gender_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
         "uncertain_share": float((~answered).mean()) if len(table) else None,
         "accuracy_when_certain": float(correct[answered].mean()) if answered.any() else None,
     }
-
-
-def plot_confusion_matrix(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    matrix = np.asarray(report["confusion_matrix"])
-    figure, axis = plt.subplots(figsize=(4, 3.6))
-    axis.imshow(matrix, cmap="Blues")
-    for (row, column), count in np.ndenumerate(matrix):
-        color = "white" if count > matrix.max() / 2 else "black"
-        axis.text(column, row, f"{count}", ha="center", va="center", color=color, fontsize=12)
-    axis.set_xticks([0, 1], GENDERS)
-    axis.set_yticks([0, 1], GENDERS)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title(f"Gender confusion matrix (accuracy {report['accuracy']:.3f})")
-    figure.tight_layout()
-    return figure
-
-
-def plot_reliability(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
-    """Accuracy against confidence per bin, before and after calibration (the diagonal is perfect)."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    axis.plot([0.5, 1], [0.5, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    for column, name, key in (("y_pred_uncalibrated", "network", "ece_uncalibrated"), ("y_pred", "calibrated", "ece")):
-        table = reliability_table(predictions["y_true"], predictions[column], ECE_BINS)
-        table = table[table["count"] > 0]
-        ece = report.get(key)
-        label = f"{name} (ECE {ece:.3f})" if ece is not None else name
-        axis.plot(table["confidence"], table["accuracy"], marker="o", label=label)
-    axis.set_xlim(0.5, 1)
-    axis.set_ylim(0, 1.02)
-    axis.set_xlabel("confidence of the answer")
-    axis.set_ylabel("accuracy")
-    axis.set_title(f"Gender reliability ({ECE_BINS} bins)")
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    return figure
-
-
-def plot_risk_coverage(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
-    """Accuracy on the answered faces against the share answered, most confident first."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    curve = risk_coverage(predictions["y_true"], predictions["y_pred"])
-    figure, axis = plt.subplots(figsize=(4.5, 3.6))
-    axis.plot(curve["coverage"], curve["accuracy"])
-    at_90 = report.get("accuracy_at_90_coverage")
-    if at_90 is not None:
-        axis.scatter([0.9], [at_90], color="black", zorder=3, label=f"90 % answered: {at_90:.3f}")
-        axis.legend(loc="lower left")
-    axis.set_xlim(0, 1)
-    axis.set_xlabel("share of faces answered (most confident first)")
-    axis.set_ylabel("accuracy on the answered faces")
-    axis.set_title("Gender risk-coverage")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure
-
-
-def plot_roc_curve(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from sklearn import metrics as skm  # noqa: PLC0415
-
-    figure, axis = plt.subplots(figsize=(4, 4))
-    if predictions["y_true"].nunique() == 2:
-        false_positive, true_positive, _ = skm.roc_curve(predictions["y_true"], predictions["y_pred"])
-        axis.plot(false_positive, true_positive, label=f"AUC {report['roc_auc']:.3f}")
-    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    axis.set_xlabel("false positive rate (male called female)")
-    axis.set_ylabel("true positive rate (female called female)")
-    axis.set_title("Gender ROC curve")
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    return figure
 
 
 GENDER = Task(
@@ -354,25 +263,6 @@ def age_label_stats(ages: np.ndarray) -> dict[str, float]:
     return {"mean": float(ages.mean()), "std": float(ages.std()) or 1.0}
 
 
-def age_scores(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float = 5.0) -> dict[str, Any]:
-    """Regression scores in years; ``cs_at_5`` is the share within ``tolerance`` years."""
-    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
-    names = ("mae", "rmse", "median_ae", "cs_at_5", "pearson_r", "mean_signed_error")
-    if not len(y_true):
-        return {"count": 0, **dict.fromkeys(names)}
-    error = y_pred - y_true
-    varied = y_true.std() > 0 and y_pred.std() > 0
-    return {
-        "count": len(y_true),
-        "mae": float(np.abs(error).mean()),
-        "rmse": float(np.sqrt((error**2).mean())),
-        "median_ae": float(np.median(np.abs(error))),
-        "cs_at_5": float((np.abs(error) <= tolerance).mean()),
-        "pearson_r": float(np.corrcoef(y_true, y_pred)[0, 1]) if varied else None,
-        "mean_signed_error": float(error.mean()),
-    }
-
-
 def calibrate_age(outputs: Mapping[str, np.ndarray], targets: np.ndarray, settings: Mapping[str, Any]) -> dict:
     """The age range's calibration: ``level`` per band of predicted age (``calibration.fit_age_range``)."""
 
@@ -391,46 +281,6 @@ def age_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
     """How often the true age is inside the range, and the range's mean width."""
 
     return range_scores(table["y_true"], table["age_low"], table["age_high"])
-
-
-def plot_age_ranges(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
-    """Each face's range against its true age: inside in blue, missed in red."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    sample = predictions.sample(min(len(predictions), 400), random_state=0)
-    inside = (sample["y_true"] >= sample["age_low"]) & (sample["y_true"] <= sample["age_high"])
-    for mask, color, label in ((inside, "tab:blue", "inside"), (~inside, "tab:red", "missed")):
-        rows = sample[mask]
-        axis.vlines(rows["y_true"], rows["age_low"], rows["age_high"], color=color, alpha=0.35, label=label)
-    top = max(float(predictions["y_true"].max()), float(predictions["age_high"].max(skipna=True) or 0), 1) * 1.05
-    axis.plot([0, top], [0, top], linestyle="--", color="grey")
-    axis.set_xlabel("true age (years)")
-    axis.set_ylabel("predicted range (years)")
-    coverage, width = report.get("range_coverage"), report.get("range_width")
-    title = "Age ranges"
-    if coverage is not None:
-        title += f": {coverage:.1%} inside, {width:.1f} years wide on average"
-    axis.set_title(title, fontsize=10)
-    axis.legend(loc="upper left")
-    figure.tight_layout()
-    return figure
-
-
-def plot_predicted_vs_true(predictions: pd.DataFrame, report: dict[str, Any]) -> plt.Figure:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    axis.scatter(predictions["y_true"], predictions["y_pred"], s=4, alpha=0.3)
-    top = max(predictions["y_true"].max(), predictions["y_pred"].max(), 1) * 1.05
-    axis.plot([0, top], [0, top], linestyle="--", color="grey")
-    axis.set_xlim(0, top)
-    axis.set_ylim(0, top)
-    axis.set_xlabel("true age (years)")
-    axis.set_ylabel("predicted age (years)")
-    axis.set_title(f"Age: MAE {report['mae']:.2f} years")
-    figure.tight_layout()
-    return figure
 
 
 AGE = Task(

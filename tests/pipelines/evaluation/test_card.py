@@ -6,12 +6,8 @@ import numpy as np
 import pandas as pd
 from conftest import CARD_SECTIONS
 
-from face_pipeline.pipelines.evaluation.card import (
-    describe_run,
-    summarise_folder_for_card,
-    summarise_for_card,
-    write_model_card,
-)
+from face_pipeline.pipelines.evaluation.card import write_model_card
+from face_pipeline.pipelines.evaluation.card_summary import describe_run, summarise_folder_for_card, summarise_for_card
 from face_pipeline.pipelines.evaluation.nodes import breakdown, evaluate
 
 GENDER = {"target": "gender"}

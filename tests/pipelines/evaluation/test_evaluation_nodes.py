@@ -15,9 +15,7 @@ from face_pipeline.pipelines.evaluation.nodes import (
     plot_group_metric,
     plot_worst_faces,
 )
-from face_pipeline.tasks import AGE as AGE_TASK
-from face_pipeline.tasks import GENDER as GENDER_TASK
-from face_pipeline.tasks import (
+from face_pipeline.scoring.plots import (
     plot_age_ranges,
     plot_confusion_matrix,
     plot_predicted_vs_true,
@@ -25,6 +23,8 @@ from face_pipeline.tasks import (
     plot_risk_coverage,
     plot_roc_curve,
 )
+from face_pipeline.tasks import AGE as AGE_TASK
+from face_pipeline.tasks import GENDER as GENDER_TASK
 
 GENDER = {"target": "gender"}
 AGE = {"target": "age"}

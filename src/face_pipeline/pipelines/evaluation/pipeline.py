@@ -7,7 +7,8 @@ from kedro.pipeline import Node, Pipeline
 
 from face_pipeline.tasks import get_task
 
-from .card import describe_run, summarise_folder_for_card, summarise_for_card, write_model_card
+from .card import write_model_card
+from .card_summary import describe_run, summarise_folder_for_card, summarise_for_card
 from .heads import compare_with_head
 from .nodes import (
     breakdown,
