@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from face_pipeline.ops.stack import free_port
+from face_pipeline.ops.processes import free_port
 
 __all__ = ["free_port", "kedro_command", "kedro_environment", "machine", "run_kedro", "start_kedro"]
 

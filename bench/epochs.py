@@ -29,7 +29,8 @@ def epoch_seconds(images: int, epochs: int, autotune: bool) -> list[float]:
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
-    from face_pipeline.modelling.builders import ModelSettings, build_model, compile_model, resolve_precision  # noqa: PLC0415
+    from face_pipeline.modelling.builders import ModelSettings, build_model, compile_model  # noqa: PLC0415
+    from face_pipeline.modelling.precision import resolve_precision  # noqa: PLC0415
     from face_pipeline.pipelines.training.data import make_dataset, model_targets  # noqa: PLC0415
     from face_pipeline.tasks import get_task  # noqa: PLC0415
 

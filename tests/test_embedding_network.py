@@ -17,12 +17,8 @@ face_recognition_models = pytest.importorskip("face_recognition_models")
 skimage_data = pytest.importorskip("skimage.data")
 skimage_transform = pytest.importorskip("skimage.transform")
 
-from face_pipeline.embedding.network import (  # noqa: E402 - after the skips
-    DESCRIPTOR_SIZE,
-    INPUT_SIZE,
-    build_embedding_network,
-    read_dlib_network,
-)
+from face_pipeline.embedding.dlib_file import read_dlib_network  # noqa: E402 - after the skips
+from face_pipeline.embedding.network import DESCRIPTOR_SIZE, INPUT_SIZE, build_embedding_network  # noqa: E402 - after the skips
 
 TOLERANCE = 1e-4
 

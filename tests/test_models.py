@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from face_pipeline.config import ConfigError
 from face_pipeline.labels import AGE_BINS
-from face_pipeline.modelling import builders as models
+from face_pipeline.modelling import precision
 from face_pipeline.modelling.builders import (
     ARCHITECTURES,
     ModelSettings,
@@ -17,9 +17,10 @@ from face_pipeline.modelling.builders import (
     compile_model,
     default_cnn,
     inference_model,
-    resolve_precision,
     seed_cnn,
 )
+from face_pipeline.modelling.folding import fold_batch_norm
+from face_pipeline.modelling.precision import resolve_precision
 from face_pipeline.scoring.losses import AgeDistributionLoss
 
 
@@ -198,9 +199,9 @@ def test_mixed_precision_keeps_inputs_weights_and_outputs_in_float32(architectur
     ],
 )
 def test_precision_auto_picks_bfloat16_only_where_it_runs_natively(monkeypatch, cpu_bfloat16, gpus, expected):
-    monkeypatch.setattr(models, "_cpu_has_bfloat16", lambda: cpu_bfloat16)
-    monkeypatch.setattr(models.tf.config, "list_physical_devices", lambda kind: list(gpus) if kind == "GPU" else [])
-    monkeypatch.setattr(models.tf.config.experimental, "get_device_details", lambda gpu: {"compute_capability": gpu})
+    monkeypatch.setattr(precision, "_cpu_has_bfloat16", lambda: cpu_bfloat16)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: list(gpus) if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda gpu: {"compute_capability": gpu})
     assert resolve_precision("auto") == expected
     assert resolve_precision(None) == "float32"
     assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
@@ -289,7 +290,7 @@ def test_folded_batch_norms_give_the_same_outputs_with_fewer_layers(task, loss, 
         else:
             variable.assign(variable + rng.normal(0, 0.1, variable.shape).astype("float32"))
     served = inference_model(model, task, mirror_average=mirror_average)
-    folded = models.fold_batch_norm(served)
+    folded = fold_batch_norm(served)
     images = np.random.default_rng(6).integers(0, 256, (8, 32, 32, 1)).astype(np.float32)
     expected = _flat(served.predict_on_batch(images))
     assert np.ptp(expected[:, 0]) > (0.01 if task == "gender" else 0.1)  # answers that a wrong fold would change
@@ -311,7 +312,7 @@ def test_a_batch_norm_that_follows_no_convolution_is_kept():
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.5, "float32"))
-    folded = models.fold_batch_norm(model)
+    folded = fold_batch_norm(model)
     assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers) == 2
     images = np.random.default_rng(1).normal(size=(3, 6, 6, 2)).astype("float32")
     np.testing.assert_allclose(folded.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-6)

@@ -147,6 +147,7 @@ def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypa
 
     from face_pipeline.inference.batching import fast_inference_model  # noqa: PLC0415
     from face_pipeline.modelling import builders as models  # noqa: PLC0415
+    from face_pipeline.modelling import folding  # noqa: PLC0415
 
     network = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4]), "gender")
     with warnings.catch_warnings(record=True) as caught:
@@ -160,5 +161,5 @@ def test_keras_networks_run_folded_unless_folding_changes_their_answers(monkeypa
     # A fold that answered differently would be refused: the network runs as it was saved.
     wrong = models.inference_model(models.default_cnn((16, 16, 1), "gender", filters=[4], dropout=0.1), "gender")
     wrong.layers[-1].bias.assign([5.0])
-    monkeypatch.setattr(models, "fold_batch_norm", lambda model: wrong)
+    monkeypatch.setattr(folding, "fold_batch_norm", lambda model: wrong)
     assert fast_inference_model(network) is network

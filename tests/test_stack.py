@@ -10,6 +10,7 @@ import pytest
 from conftest import PROJECT_ROOT, copy_project
 
 from face_pipeline.ops import stack
+from face_pipeline.ops.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def test_only_the_remote_services_in_the_configuration_are_checked(tmp_path, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     assert configured_services(context_for(project)) == []  # the single-machine default: nothing remote
 
-    closed = stack.free_port()  # nothing listens there once the probe socket is closed
+    closed = free_port()  # nothing listens there once the probe socket is closed
     remote = {
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",

@@ -30,6 +30,7 @@ from fake_faces import write_utkface_folder
 
 from face_pipeline.datasets.array_files import ShardedArrayDataset
 from face_pipeline.ops import stack as team_stack
+from face_pipeline.ops.processes import stop_group
 
 REQUIRED = "FACE_PIPELINE_REQUIRE_TEAM"
 TEAM_EXTRA = "the team extra is not installed: pip install -e '.[team]' (make install does) to run the team tests"
@@ -301,8 +302,8 @@ def test_a_stopped_server_or_store_is_named_in_one_line_and_a_rerun_completes(st
     folder = Path(stack.folder)
     tracking_uri, endpoint = stack.env["MLFLOW_TRACKING_URI"], stack.env["AWS_ENDPOINT_URL"]
 
-    team_stack.stop_group(stack.pids["mlflow"])
-    team_stack.stop_group(stack.pids["seaweedfs"])
+    stop_group(stack.pids["mlflow"])
+    stop_group(stack.pids["seaweedfs"])
     failed = run_kedro(project, env, "--env=team", "--pipelines=ingestion")
     assert failed.returncode == 1
     [error] = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]

@@ -54,7 +54,7 @@ def is_keras_model(model: Any) -> bool:
 
 
 def fast_inference_model(model: Any) -> Any:
-    """``model`` with its batch norms folded into its convolutions (``models.fold_batch_norm``) when
+    """``model`` with its batch norms folded into its convolutions (``folding.fold_batch_norm``) when
     that gives the same outputs (within 1e-3) on a probe batch; otherwise ``model`` itself.
 
     Anything that is not a Keras model (a stand-in in tests) is returned as it is.
@@ -63,7 +63,7 @@ def fast_inference_model(model: Any) -> Any:
         return model
     import keras  # noqa: PLC0415
 
-    from face_pipeline.modelling.builders import fold_batch_norm  # noqa: PLC0415 - TensorFlow, only with a Keras model
+    from face_pipeline.modelling.folding import fold_batch_norm  # noqa: PLC0415 - TensorFlow, only with a Keras model
 
     probe = np.random.default_rng(0).integers(0, 256, (4, *model.input_shape[1:])).astype(np.float32)
     try:

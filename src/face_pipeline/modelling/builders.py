@@ -9,35 +9,18 @@ augmentation layers sit inside the model too: they act during ``fit`` only.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from face_pipeline.config import check_keys, require_choice
+from face_pipeline.modelling.precision import _dtype_policy, resolve_precision
 from face_pipeline.tasks import get_task
-
-# Numeric precision of the layers between the input scaling and the output head while training.
-# Saved models always compute in float32.
-PRECISIONS = {"float32", "mixed_bfloat16", "mixed_float16", "auto"}
-
-
-@contextlib.contextmanager
-def _dtype_policy(policy: str) -> Iterator[None]:
-    """Layers created inside take ``policy`` unless they name a dtype themselves."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _mirror(images):
@@ -102,63 +85,6 @@ def inference_model(model: keras.Model, task: str, mirror_average: bool = False)
     elif isinstance(outputs, dict):  # named after the task's outputs, as the trained network's are
         outputs = {name: layers.Identity(name=name)(outputs[name]) for name in kept}
     return compile_model(keras.Model(inputs, outputs, name=model.name), task, 1e-3)
-
-
-def _nested_layers(model: keras.Model) -> Iterator[layers.Layer]:
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _nested_layers(layer)
-
-
-def _foldable_convolution(norm: layers.Layer) -> layers.Layer | None:
-    """The Conv2D whose output alone feeds the BatchNormalization ``norm`` (over channels), if there is one."""
-    if not isinstance(norm, layers.BatchNormalization) or len(norm._inbound_nodes) != 1:
-        return None
-    if norm.axis not in (-1, len(norm.input.shape) - 1):
-        return None
-    conv = norm.input._keras_history.operation
-    if type(conv) is not layers.Conv2D or conv.data_format != "channels_last" or len(conv._outbound_nodes) != 1:
-        return None
-    if conv.activation not in (None, keras.activations.linear) or conv.groups != 1:
-        return None
-    return conv
-
-
-def fold_batch_norm(model: keras.Model) -> keras.Model:
-    """The same function as ``model`` at inference, each Conv2D + BatchNormalization pair made one Conv2D.
-
-    A batch norm at inference is a fixed scale and shift per channel, which fold into the
-    convolution's kernel and bias: one pass over each feature map less (the trained gender and
-    age networks about 10 % faster on one CPU thread; outputs differ by rounding only, 6e-7 and
-    3e-5 years). Other layers are shared with
-    ``model``, not copied; nested models are folded too. For prediction only: the copy has no
-    batch norm left to train.
-    """
-    pairs = {id(conv): norm for norm in _nested_layers(model) if (conv := _foldable_convolution(norm)) is not None}
-    folded_norms = {id(norm) for norm in pairs.values()}
-
-    def clone(layer: layers.Layer) -> layers.Layer:
-        norm = pairs.get(id(layer))
-        if norm is None:
-            return layer
-        scale = keras.ops.convert_to_numpy(keras.ops.rsqrt(norm.moving_variance + norm.epsilon))
-        if norm.scale:
-            scale = scale * keras.ops.convert_to_numpy(norm.gamma)
-        shift = -keras.ops.convert_to_numpy(norm.moving_mean) * scale
-        if norm.center:
-            shift = shift + keras.ops.convert_to_numpy(norm.beta)
-        if layer.use_bias:
-            shift = shift + keras.ops.convert_to_numpy(layer.bias) * scale
-        conv = layers.Conv2D.from_config({**layer.get_config(), "use_bias": True, "dtype": "float32"})
-        conv.build(layer.input.shape)
-        conv.set_weights([keras.ops.convert_to_numpy(layer.kernel) * scale, shift])
-        return conv
-
-    def call(layer: layers.Layer, *args, **kwargs):
-        return args[0] if id(layer) in folded_norms else layer(*args, **kwargs)
-
-    return keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=True)
 
 
 def augmentation(
@@ -305,37 +231,6 @@ def default_cnn(
 
 
 ARCHITECTURES = {"seed_cnn": seed_cnn, "default_cnn": default_cnn}
-
-
-def _cpu_has_bfloat16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str | None) -> str:
-    """The Keras dtype policy that ``precision`` names; ``auto`` picks what this machine runs fastest.
-
-    ``auto``: on a GPU, ``mixed_bfloat16`` from compute capability 8.0 (Ampere) and
-    ``mixed_float16`` from 7.0 (Volta, Turing: fast float16, no bfloat16; Keras scales the loss
-    so small gradients survive); on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX)
-    ``mixed_bfloat16``, ~1.3x faster than float32; ``float32`` elsewhere, because emulated
-    16-bit arithmetic is slower than float32.
-    """
-    precision = precision or "float32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0)))
-        if capability >= (8, 0):
-            return "mixed_bfloat16"
-        return "mixed_float16" if capability >= (7, 0) else "float32"
-    return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
 
 
 def build_model(

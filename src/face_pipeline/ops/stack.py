@@ -18,17 +18,16 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from face_pipeline.ops.processes import HOST, free_port, http_ok, port_open, start_process, stop_group, wait_until
+
 BUCKET = "face-pipeline"
 ARTIFACTS = f"s3://{BUCKET}/mlflow-artifacts"
 STATE_FILE = "stack.json"
@@ -51,39 +50,6 @@ class Stack:
     @classmethod
     def load(cls, folder: str | Path) -> Stack:
         return cls(**json.loads((Path(folder) / STATE_FILE).read_text()))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(ready, what: str, process: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    """Poll ``ready()`` until true; fail early when ``process`` has died."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.2)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def postgres_bin(name: str) -> str:
@@ -124,14 +90,6 @@ def postgres_missing() -> str | None:
 def as_postgres_user(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run it as the ``postgres`` user then."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-def start_process(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A server in its own process group (so ``down`` stops its children too), output to ``log``."""
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=log.parent
-        )
 
 
 def run_checked(command: list[str]) -> None:
@@ -284,23 +242,6 @@ def up(folder: str | Path, dask_workers: int = 2, experiment: str = "face_pipeli
         down(root)
         raise
     return stack
-
-
-def stop_group(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the process group led by ``pid``, then SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap our own child so it stops existing
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def stop_postgres(data: str, pid: int) -> None:

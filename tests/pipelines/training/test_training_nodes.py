@@ -164,17 +164,17 @@ class Interrupted(Exception):
 
 
 def train_until_killed_after_second_epoch(data, params: dict, monkeypatch) -> None:
-    original = run.EpochLog.on_epoch_end
+    original = callbacks.EpochLog.on_epoch_end
 
     def crash_after_second_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 1:
             raise Interrupted
 
-    monkeypatch.setattr(run.EpochLog, "on_epoch_end", crash_after_second_epoch)
+    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(Interrupted):
         train_model(*data, {"target": "gender"}, MODEL, params)
-    monkeypatch.setattr(run.EpochLog, "on_epoch_end", original)
+    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", original)
 
 
 def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path, monkeypatch):
@@ -193,13 +193,13 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(data, tmp_path,
 
 @pytest.mark.parametrize(("start_epoch", "epochs_run"), [(0, 2), (2, 4)])
 def test_early_stopping_waits_for_its_start_epoch(data, monkeypatch, start_epoch, epochs_run):
-    original = run.EpochLog.on_epoch_end
+    original = callbacks.EpochLog.on_epoch_end
 
     def worsening_validation(self, epoch, logs=None):
         original(self, epoch, logs)
         logs["val_loss"] = float(epoch)  # EarlyStopping, later in the list, sees this
 
-    monkeypatch.setattr(run.EpochLog, "on_epoch_end", worsening_validation)
+    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", worsening_validation)
     params = training_params(epochs=4, early_stopping_patience=1, early_stopping_start_epoch=start_epoch)
     _, history, _ = train_model(*data, {"target": "gender"}, MODEL, params)
     assert len(history["loss"]) == epochs_run
@@ -257,21 +257,21 @@ def test_after_re_estimation_the_better_of_restored_and_last_epoch_is_kept(data,
 
 
 def test_training_compares_the_last_epoch_when_early_stopping_restored_an_earlier_one(data, monkeypatch, caplog):
-    original = run.EpochLog.on_epoch_end
+    original = callbacks.EpochLog.on_epoch_end
 
     def worsening_validation(self, epoch, logs=None):
         original(self, epoch, logs)
         logs["val_loss"] = float(epoch)  # epoch 1 stays the best for early stopping
 
-    monkeypatch.setattr(run.EpochLog, "on_epoch_end", worsening_validation)
+    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", worsening_validation)
     seen = []
-    original_end = run.EarlyStoppingKeepingLast.on_epoch_end
+    original_end = callbacks.EarlyStoppingKeepingLast.on_epoch_end
 
     def record(self, epoch, logs=None):
         seen.append(self.model.get_weights())
         original_end(self, epoch, logs)
 
-    monkeypatch.setattr(run.EarlyStoppingKeepingLast, "on_epoch_end", record)
+    monkeypatch.setattr(callbacks.EarlyStoppingKeepingLast, "on_epoch_end", record)
     model_options = {**MODEL, "default_cnn": {**MODEL["default_cnn"], "batch_norm": True}}
     params = training_params(epochs=3, early_stopping_patience=5, batch_norm_recalibration=64)
     with caplog.at_level("INFO", logger="face_pipeline"):

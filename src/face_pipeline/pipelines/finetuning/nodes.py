@@ -13,8 +13,9 @@ import pandas as pd
 
 from face_pipeline.config import read_block
 from face_pipeline.modelling.builders import compile_model
+from face_pipeline.pipelines.training.callbacks import training_callbacks
 from face_pipeline.pipelines.training.data import make_dataset, model_targets
-from face_pipeline.pipelines.training.run import configure_runtime, task_target, training_callbacks
+from face_pipeline.pipelines.training.run import configure_runtime, task_target
 from face_pipeline.pipelines.training.settings import TrainingSettings
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,8 @@ import numpy as np
 
 from face_pipeline.ops.distribute import agree
 
+from .settings import TrainingSettings
+
 logger = logging.getLogger(__name__)
 
 
@@ -102,3 +104,46 @@ class EarlyStoppingKeepingLast(keras.callbacks.EarlyStopping):
     def restored_earlier_epoch(self) -> bool:
         """Whether the weights at the end are an earlier epoch's than the last one run."""
         return self.best_weights is not None and self.last_weights is not None and self.best_epoch != self.last_epoch
+
+
+def learning_rate_schedule(
+    training: TrainingSettings, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    rate = float(training.learning_rate)
+    if training.lr_schedule != "cosine":
+        return rate  # constant, or plateau (a callback lowers it)
+    warmup = int(training.warmup_epochs * steps_per_epoch)
+    total = max(1, training.epochs * steps_per_epoch - warmup)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            rate / 10, total, alpha=0.01, warmup_target=rate, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(rate, total, alpha=0.01)
+
+
+def training_callbacks(
+    training: TrainingSettings, target: str, backup, strategy=None
+) -> list[keras.callbacks.Callback]:
+    """Epoch log, backup, early stopping and the plateau schedule on ``val_loss``, the time limit."""
+    callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
+    if backup is not None:
+        if backup.exists():
+            logger.info("Resuming from the last finished epoch saved in %s", backup)
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+    if training.early_stopping_patience:
+        callbacks.append(
+            EarlyStoppingKeepingLast(
+                monitor="val_loss",
+                mode="min",
+                patience=int(training.early_stopping_patience),
+                restore_best_weights=True,
+                start_from_epoch=int(training.early_stopping_start_epoch or 0),
+            )
+        )
+    if training.lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.3, patience=2, min_lr=1e-5)
+        )
+    if training.time_budget_minutes:
+        callbacks.append(TimeLimit(float(training.time_budget_minutes) * 60, strategy))
+    return callbacks

@@ -20,20 +20,16 @@ import pandas as pd
 import tensorflow as tf
 
 from face_pipeline.config import check_keys
-from face_pipeline.modelling.builders import (
-    ModelSettings,
-    build_model,
-    compile_model,
-    inference_model,
-    resolve_precision,
-)
+from face_pipeline.modelling.builders import ModelSettings, build_model, compile_model, inference_model
+from face_pipeline.modelling.precision import resolve_precision
 from face_pipeline.ops.distribute import Cluster, agree, cluster_from_environment, strategy_name, training_strategy
+from face_pipeline.pipelines.training.callbacks import learning_rate_schedule, training_callbacks
 from face_pipeline.tasks import get_task
 
 from .backup import backup_path, data_fingerprint, forget_plan, keep_plan, saved_plan
 from .batch_norm import KeptEpoch, finish_weights
 from .budget import Plan, measure_step_seconds, plan_in_budget
-from .callbacks import EarlyStoppingKeepingLast, EpochLog, TimeLimit
+from .callbacks import EarlyStoppingKeepingLast
 from .data import distribute, make_dataset, model_targets
 from .settings import TrainingSettings
 
@@ -63,49 +59,6 @@ def task_target(task: dict[str, Any], block: str = "task") -> str:
     """The label column a ``task`` block names, checked against the known tasks."""
     target = check_keys(task, {"target"}, block).get("target")
     return get_task(target).name
-
-
-def learning_rate_schedule(
-    training: TrainingSettings, steps_per_epoch: int
-) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    rate = float(training.learning_rate)
-    if training.lr_schedule != "cosine":
-        return rate  # constant, or plateau (a callback lowers it)
-    warmup = int(training.warmup_epochs * steps_per_epoch)
-    total = max(1, training.epochs * steps_per_epoch - warmup)
-    if warmup:
-        return keras.optimizers.schedules.CosineDecay(
-            rate / 10, total, alpha=0.01, warmup_target=rate, warmup_steps=warmup
-        )
-    return keras.optimizers.schedules.CosineDecay(rate, total, alpha=0.01)
-
-
-def training_callbacks(
-    training: TrainingSettings, target: str, backup, strategy=None
-) -> list[keras.callbacks.Callback]:
-    """Epoch log, backup, early stopping and the plateau schedule on ``val_loss``, the time limit."""
-    callbacks: list[keras.callbacks.Callback] = [EpochLog(target)]
-    if backup is not None:
-        if backup.exists():
-            logger.info("Resuming from the last finished epoch saved in %s", backup)
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
-    if training.early_stopping_patience:
-        callbacks.append(
-            EarlyStoppingKeepingLast(
-                monitor="val_loss",
-                mode="min",
-                patience=int(training.early_stopping_patience),
-                restore_best_weights=True,
-                start_from_epoch=int(training.early_stopping_start_epoch or 0),
-            )
-        )
-    if training.lr_schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.3, patience=2, min_lr=1e-5)
-        )
-    if training.time_budget_minutes:
-        callbacks.append(TimeLimit(float(training.time_budget_minutes) * 60, strategy))
-    return callbacks
 
 
 def _probe_epoch_seconds(

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from face_pipeline.config import ConfigError, read_block, require_choice, require_range
-from face_pipeline.modelling.builders import PRECISIONS
+from face_pipeline.modelling.precision import PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 CALIBRATION_METHODS = ("temperature", "none")
