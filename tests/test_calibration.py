@@ -10,8 +10,8 @@ from conftest import PROJECT_ROOT
 from kedro.config import OmegaConfigLoader
 
 from face_pipeline.config import ConfigError
+from face_pipeline.hooks import check_parameters
 from face_pipeline.labels import AGE_BINS
-from face_pipeline.parameters import check_parameters
 from face_pipeline.pipelines.training.settings import CalibrationSettings
 from face_pipeline.scoring.calibration import (
     accuracy_at_coverage,

@@ -21,9 +21,10 @@ from fake_faces import write_utkface_folder
 from kedro.io.core import DatasetError, Version
 
 from face_pipeline.datasets.array_files import NumpyDataset, ShardedArrayDataset
-from face_pipeline.hooks import TrackingStoreUnavailable, TrainingInProgress, check_tracking_store, lock_folder
+from face_pipeline.hooks import TrainingInProgress, lock_folder
 from face_pipeline.modelling.builders import build_model
 from face_pipeline.ops.files import partial_name, written_atomically
+from face_pipeline.ops.tracking import TrackingStoreUnavailable, check_tracking_store
 
 pytestmark = pytest.mark.integration
 

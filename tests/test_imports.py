@@ -80,6 +80,21 @@ def test_no_import_cycle_even_inside_functions():
     )
 
 
+def package_of(module: str) -> str:
+    """``face_pipeline.inference.loading`` -> ``inference``; a module at the top is its own package."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_packages_import_one_way():
+    """The layers of docs/architecture.md: a package imports only packages below it, never back."""
+    packages: dict[str, set[str]] = {}
+    for module, imported in import_graph().items():
+        packages.setdefault(package_of(module), set()).update(package_of(other) for other in imported)
+    for package, imported in packages.items():
+        imported.discard(package)
+    assert not cycles(packages), cycles(packages)
+
+
 def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
@@ -95,7 +110,8 @@ from PIL import Image
 import io
 from face_pipeline.imaging.detection import DetectionSettings
 from face_pipeline.imaging.decoding import ImageSpec
-from face_pipeline.inference.predictor import prepare_photos
+from face_pipeline.inference.photos import prepare_photos
+import face_pipeline.inference.predictor  # what a worker process imports besides
 buffer = io.BytesIO()
 Image.fromarray(data.astronaut()).save(buffer, "JPEG")
 prepared = prepare_photos([("a.jpg", buffer.getvalue())], ImageSpec(), DetectionSettings(), embedding_chips=True)

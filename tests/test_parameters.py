@@ -9,7 +9,8 @@ from conftest import PROJECT_ROOT
 from kedro.config import OmegaConfigLoader
 
 from face_pipeline.config import ConfigError, parameter_files
-from face_pipeline.parameters import IngestionSettings, PredictSettings, PreprocessingSettings, check_parameters
+from face_pipeline.hooks import check_parameters
+from face_pipeline.parameters import IngestionSettings, PredictSettings, PreprocessingSettings
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_every_environment_passes(env, monkeypatch):
         assert parameters["gender"]["training"]["time_budget_minutes"] is None
         assert parameters["gender"]["model"]["architecture"] == "default_cnn"
     if env == "quick":  # a first look: a sample, small networks, minutes; and it says so
-        from face_pipeline.hooks import profile_name  # noqa: PLC0415
+        from face_pipeline.parameters import profile_name  # noqa: PLC0415
 
         assert parameters["ingestion"]["max_images"] and parameters["ingestion"]["split"]["seed"] == 42
         assert parameters["gender"]["training"]["time_budget_minutes"] <= 3
@@ -126,7 +127,7 @@ def test_every_environment_passes(env, monkeypatch):
 
 
 def test_the_profile_is_the_architectures_unless_named():
-    from face_pipeline.hooks import profile_name  # noqa: PLC0415
+    from face_pipeline.parameters import profile_name  # noqa: PLC0415
 
     seed = {"gender": {"model": {"architecture": "seed_cnn"}}, "age": {"model": {"architecture": "default_cnn"}}}
     assert profile_name(seed) == "default+seed"

@@ -6,8 +6,8 @@ import keras
 import pytest
 import yaml
 
-from face_pipeline.hooks import without_credentials
 from face_pipeline.inference.loading import load_keras_model
+from face_pipeline.ops.tracking import without_credentials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

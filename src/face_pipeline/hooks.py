@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sqlite3
-import subprocess
-import tempfile
 import time
-import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,50 +15,31 @@ import pandas as pd
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
+from face_pipeline.config import ConfigError, check_keys
+from face_pipeline.embedding.descriptor import EmbeddingSettings
+from face_pipeline.ops.tracking import (
+    check_tracking_store,
+    git_commit,
+)
+from face_pipeline.parameters import (
+    EvaluationSettings,
+    IngestionSettings,
+    ModelCardSettings,
+    PredictSettings,
+    PreprocessingSettings,
+    RegistrySettings,
+    RunSettings,
+    profile_name,
+)
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "face_manifest"
 
 
-def git_commit(path: Path) -> str | None:
-    """``HEAD``'s commit, with ``-dirty`` when tracked files have changed; None outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}-dirty" if dirty else commit
-
-
 def manifest_hash(manifest: pd.DataFrame) -> str:
     """A fingerprint of the data: which images, their bytes' SHA-1, labels and split."""
     return hashlib.sha1(pd.util.hash_pandas_object(manifest, index=False).to_numpy().tobytes()).hexdigest()
-
-
-def profile_name(parameters: dict[str, Any]) -> str:
-    """The training profile of ``parameters``: ``run.profile`` where set (``quick``), else ``default``
-    or ``seed`` after the tasks' architectures (``default_cnn``, ``seed_cnn``), both joined by ``+``
-    when the tasks differ."""
-    from face_pipeline.tasks import TASKS  # noqa: PLC0415
-
-    named = (parameters.get("run") or {}).get("profile")
-    if named:
-        return str(named)
-    architectures = {
-        str(parameters[task].get("model", {}).get("architecture", "")).removesuffix("_cnn")
-        for task in TASKS
-        if isinstance(parameters.get(task), dict)
-    }
-    return "+".join(sorted(architectures - {""})) or "none"
 
 
 def run_name(run_params: dict[str, Any], parameters: dict[str, Any]) -> str:
@@ -125,106 +103,6 @@ class RunNoteHook:
     def after_pipeline_run(self, run_params: dict[str, Any], run_result: Any, pipeline, catalog) -> None:
         if self._said:
             logger.warning("%s (end of the run)", self._said)
-
-
-class TrackingStoreUnavailable(RuntimeError):
-    """The MLflow tracking store cannot be used; the message names it and says what to do."""
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-FALLBACK = "or log to a local file instead: MLFLOW_TRACKING_URI=sqlite:///mlflow.db"
-
-
-def without_credentials(uri: str) -> str:
-    """``uri`` with any ``user:password@`` removed, fit for a message or a log."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.username and not parts.password:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-
-
-def check_tracking_store(uri: str, project: Path, timeout: float = 5.0) -> None:
-    """Raise ``TrackingStoreUnavailable`` unless the store at ``uri`` answers (a server) or can be
-    written (an SQLite file or a folder), within ``timeout`` seconds: MLflow itself retries an
-    unreachable server for about four minutes before it fails. Relative paths are the project's."""
-    scheme = urllib.parse.urlsplit(uri).scheme
-    if scheme in ("http", "https"):
-        _check_server(uri, timeout)
-    elif scheme == "sqlite":
-        _check_sqlite(project / uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None, timeout)
-    elif scheme in ("", "file"):
-        _check_folder_writable(project / (urllib.parse.urlsplit(uri).path if scheme else uri), "MLflow's run folder")
-
-
-def _check_server(uri: str, timeout: float) -> None:
-    import requests  # noqa: PLC0415
-
-    shown = without_credentials(uri)
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
-    except requests.RequestException as exc:
-        reason = type(exc).__name__ if not isinstance(exc, requests.HTTPError) else str(exc)
-        raise TrackingStoreUnavailable(
-            f"MLflow tracking server {shown} is not reachable ({reason}). Start it or fix MLFLOW_TRACKING_URI "
-            f"(conf/base/mlflow.yml), {FALLBACK}"
-        ) from None
-
-
-def _check_sqlite(path: Path | None, timeout: float) -> None:
-    if path is None or str(path) in ("", ":memory:"):
-        return
-    _check_folder_writable(path.parent, "the folder of the MLflow database")
-    if path.exists() and path.stat().st_size:
-        with path.open("rb") as stream:
-            header = stream.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:
-            raise TrackingStoreUnavailable(
-                f"{path} is not an SQLite database (MLflow's store). Move it away and run again, or set "
-                "MLFLOW_TRACKING_URI to another file"
-            )
-        try:
-            with sqlite3.connect(path, timeout=timeout) as connection:
-                connection.execute("BEGIN IMMEDIATE")  # waits for another writer, up to timeout
-                connection.rollback()
-        except sqlite3.OperationalError as exc:
-            raise TrackingStoreUnavailable(
-                f"MLflow database {path} cannot be written ({exc}): another process holds it locked; wait for "
-                "it to finish (e.g. another kedro run or mlflow ui) and run again"
-            ) from None
-    # Always through the lock: a file that exists may be a store another run is creating right
-    # now (its tables half migrated); the lock waits for that run to finish them.
-    create_sqlite_store(path)
-
-
-def create_sqlite_store(path: Path) -> None:
-    """Create (or check) MLflow's tables in an SQLite file, one process at a time.
-
-    Two runs started together on a new store would both create the tables, and the second fails
-    in MLflow's schema migration (alembic: "expected to match one row"); the lock (on the folder,
-    so that no lock file is left behind) lets the first create them and the second find them.
-    """
-    import fcntl  # noqa: PLC0415 - POSIX only, as the rest of the project
-
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
-
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
-    finally:
-        os.close(folder)  # releases the lock
-
-
-def _check_folder_writable(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise TrackingStoreUnavailable(
-            f"{folder} ({what}) is not writable: {exc.strerror}. Make it writable or set MLFLOW_TRACKING_URI "
-            "to a writable location"
-        ) from None
 
 
 class TrackingStoreCheck:
@@ -299,3 +177,70 @@ def lock_folder(folder: Path) -> int:
             "or run the second one from a copy of the project"
         ) from None
     return descriptor
+
+
+def _task_block(params: Mapping[str, Any], block: str) -> None:
+    from face_pipeline.modelling.builders import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
+    from face_pipeline.pipelines.training.settings import (  # noqa: PLC0415
+        CalibrationSettings,
+        HeadSettings,
+        TrainingSettings,
+    )
+
+    values = check_keys(params, {"task", "model", "training", "calibration", "head"}, block)
+    target = check_keys(values.get("task"), {"target"}, f"{block}.task").get("target")
+    if target != block:
+        raise ConfigError(f"{block}.task.target must be {block!r} (the block's name); got {target!r}")
+    ModelSettings.from_params(values.get("model") or {}, f"{block}.model")
+    TrainingSettings.from_params(values.get("training") or {}, f"{block}.training")
+    CalibrationSettings.from_params(values.get("calibration") or {}, f"{block}.calibration")
+    HeadSettings.from_params(values.get("head") or {}, f"{block}.head")
+
+
+def _finetuning_block(params: Mapping[str, Any], block: str) -> None:
+    from face_pipeline.pipelines.finetuning.nodes import FinetuningSettings  # noqa: PLC0415
+
+    FinetuningSettings.from_params(params, block)
+
+
+# What each top-level key of the parameter files is read as.
+BLOCKS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
+    "ingestion": IngestionSettings.from_params,
+    "external_ingestion": IngestionSettings.from_params,
+    "finetune_ingestion": IngestionSettings.from_params,
+    "preprocessing": PreprocessingSettings.from_params,
+    "external_preprocessing": PreprocessingSettings.from_params,
+    "finetune_preprocessing": PreprocessingSettings.from_params,
+    "evaluation": EvaluationSettings.from_params,
+    "model_card": ModelCardSettings.from_params,
+    "run": RunSettings.from_params,
+    "predict": PredictSettings.from_params,
+    "registry": RegistrySettings.from_params,
+    "finetuning": _finetuning_block,
+    "embeddings": EmbeddingSettings.from_params,
+}
+
+
+def check_parameters(params: Mapping[str, Any]) -> None:
+    """Read every block of ``params`` (Kedro's merged parameters) into its typed object.
+
+    Raises ``ConfigError`` for an unknown top-level key or any key a block does not have; a task
+    (``gender``, ``age`` or one registered in ``face_pipeline.tasks``) is a block too.
+    """
+    from face_pipeline.tasks import TASKS  # noqa: PLC0415 - TensorFlow only where needed
+
+    known = {*BLOCKS, *TASKS}
+    check_keys(params, known, "(top level)")
+    for block, values in params.items():
+        if block in TASKS:
+            _task_block(values, block)
+        else:
+            BLOCKS[block](values, block)
+
+
+class ParametersCheckHook:
+    """Checks every parameter block as soon as Kedro has loaded the configuration."""
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow logs anything, before any server is contacted
+    def after_context_created(self, context) -> None:
+        check_parameters(context.params)

@@ -9,15 +9,13 @@ being ignored or failing an hour in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kedro.framework.hooks import hook_impl
-
 from face_pipeline.config import ConfigError, check_keys, read_block, require_choice, require_range
 from face_pipeline.datasets.arrays import SHARD_ROWS
-from face_pipeline.embedding.descriptor import PREDICT_MODES, EmbeddingSettings
+from face_pipeline.embedding.descriptor import PREDICT_MODES
 from face_pipeline.imaging.decoding import MAX_PIXELS, ImageSpec
 from face_pipeline.imaging.detection import DetectionSettings
 from face_pipeline.inference.predictor import BATCH_SIZE, WORKER_NETWORKS_FROM
@@ -170,68 +168,18 @@ class RegistrySettings:
         return settings
 
 
-def _task_block(params: Mapping[str, Any], block: str) -> None:
-    from face_pipeline.modelling.builders import ModelSettings  # noqa: PLC0415 - TensorFlow only where needed
-    from face_pipeline.pipelines.training.settings import (  # noqa: PLC0415
-        CalibrationSettings,
-        HeadSettings,
-        TrainingSettings,
-    )
+def profile_name(parameters: dict[str, Any]) -> str:
+    """The training profile of ``parameters``: ``run.profile`` where set (``quick``), else ``default``
+    or ``seed`` after the tasks' architectures (``default_cnn``, ``seed_cnn``), both joined by ``+``
+    when the tasks differ."""
+    from face_pipeline.tasks import TASKS  # noqa: PLC0415
 
-    values = check_keys(params, {"task", "model", "training", "calibration", "head"}, block)
-    target = check_keys(values.get("task"), {"target"}, f"{block}.task").get("target")
-    if target != block:
-        raise ConfigError(f"{block}.task.target must be {block!r} (the block's name); got {target!r}")
-    ModelSettings.from_params(values.get("model") or {}, f"{block}.model")
-    TrainingSettings.from_params(values.get("training") or {}, f"{block}.training")
-    CalibrationSettings.from_params(values.get("calibration") or {}, f"{block}.calibration")
-    HeadSettings.from_params(values.get("head") or {}, f"{block}.head")
-
-
-def _finetuning_block(params: Mapping[str, Any], block: str) -> None:
-    from face_pipeline.pipelines.finetuning.nodes import FinetuningSettings  # noqa: PLC0415
-
-    FinetuningSettings.from_params(params, block)
-
-
-# What each top-level key of the parameter files is read as.
-BLOCKS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
-    "ingestion": IngestionSettings.from_params,
-    "external_ingestion": IngestionSettings.from_params,
-    "finetune_ingestion": IngestionSettings.from_params,
-    "preprocessing": PreprocessingSettings.from_params,
-    "external_preprocessing": PreprocessingSettings.from_params,
-    "finetune_preprocessing": PreprocessingSettings.from_params,
-    "evaluation": EvaluationSettings.from_params,
-    "model_card": ModelCardSettings.from_params,
-    "run": RunSettings.from_params,
-    "predict": PredictSettings.from_params,
-    "registry": RegistrySettings.from_params,
-    "finetuning": _finetuning_block,
-    "embeddings": EmbeddingSettings.from_params,
-}
-
-
-def check_parameters(params: Mapping[str, Any]) -> None:
-    """Read every block of ``params`` (Kedro's merged parameters) into its typed object.
-
-    Raises ``ConfigError`` for an unknown top-level key or any key a block does not have; a task
-    (``gender``, ``age`` or one registered in ``face_pipeline.tasks``) is a block too.
-    """
-    from face_pipeline.tasks import TASKS  # noqa: PLC0415 - TensorFlow only where needed
-
-    known = {*BLOCKS, *TASKS}
-    check_keys(params, known, "(top level)")
-    for block, values in params.items():
-        if block in TASKS:
-            _task_block(values, block)
-        else:
-            BLOCKS[block](values, block)
-
-
-class ParametersCheckHook:
-    """Checks every parameter block as soon as Kedro has loaded the configuration."""
-
-    @hook_impl(tryfirst=True)  # before kedro-mlflow logs anything, before any server is contacted
-    def after_context_created(self, context) -> None:
-        check_parameters(context.params)
+    named = (parameters.get("run") or {}).get("profile")
+    if named:
+        return str(named)
+    architectures = {
+        str(parameters[task].get("model", {}).get("architecture", "")).removesuffix("_cnn")
+        for task in TASKS
+        if isinstance(parameters.get(task), dict)
+    }
+    return "+".join(sorted(architectures - {""})) or "none"

@@ -6,10 +6,9 @@ import sys
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, RunNoteHook, TrackingStoreCheck
+from face_pipeline.hooks import MlflowTagsHook, OneTrainingAtATime, ParametersCheckHook, RunNoteHook, TrackingStoreCheck
 from face_pipeline.inference.packaging import pinned_requirements
 from face_pipeline.ops.services import ServiceCheckHook
-from face_pipeline.parameters import ParametersCheckHook
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

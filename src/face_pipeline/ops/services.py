@@ -17,7 +17,7 @@ import click
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
-from face_pipeline.hooks import without_credentials
+from face_pipeline.ops.tracking import without_credentials
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "tcp": 8786}
 

@@ -197,7 +197,8 @@ def describe_run(parameters: dict[str, Any]) -> dict[str, Any]:
     project's hook set) or, outside MLflow, the work tree's commit and the time now."""
     import mlflow  # noqa: PLC0415
 
-    from face_pipeline.hooks import git_commit, profile_name  # noqa: PLC0415
+    from face_pipeline.ops.tracking import git_commit  # noqa: PLC0415
+    from face_pipeline.parameters import profile_name  # noqa: PLC0415
 
     run = mlflow.active_run()
     details = {
