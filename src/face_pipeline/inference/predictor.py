@@ -267,7 +267,7 @@ class FacePredictor:
     def _worker_options(self, workers: int) -> dict[str, Any]:
         """What ``predict_photos_in_worker`` needs besides the photos."""
         # Each worker runs the whole path, networks included, like separate processes: networks in
-        # this process would compete with the workers for the cores (1.1-1.4x, see docs/benchmarks.md).
+        # this process would compete with the workers for the cores (1.1-1.4x, see docs/experiments.md).
         keras_networks = any(is_keras_model(model) for model in self.models.values())
         return {
             "networks": self._shared_networks(),

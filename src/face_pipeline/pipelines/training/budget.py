@@ -50,7 +50,7 @@ def plan_downsample(
     The least downsampling at which at least half the epochs fit: full-size faces, else each of
     ``factors`` in turn; where none holds half, the last one tried, with as many epochs as fit.
     A network trained through most of its schedule on smaller faces beats a larger one stopped
-    after a few epochs (docs/benchmarks.md). ``downsampled_seconds(factor)`` times an epoch of
+    after a few epochs (docs/experiments.md). ``downsampled_seconds(factor)`` times an epoch of
     that network, only when it is needed; one that is not faster than the last is not taken.
     """
     downsample, seconds = 1, full_seconds
