@@ -1,12 +1,15 @@
 """The model card from a task's reports: figures from the reports, intervals from the predictions."""
 
+import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from conftest import CARD_SECTIONS
 
-from face_pipeline.pipelines.evaluation.card import write_model_card
+from face_pipeline.pipelines.evaluation.card import card_headlines, write_model_card
 from face_pipeline.pipelines.evaluation.card_summary import describe_run, summarise_folder_for_card, summarise_for_card
 from face_pipeline.pipelines.evaluation.nodes import breakdown, evaluate
 
@@ -180,3 +183,21 @@ def test_an_age_section_has_the_mae_interval_and_the_range_coverage():
     assert f"{report['mae']:.2f} ({section['low']:.2f}–{section['high']:.2f})" in card
     assert f"the age range holds the true age for {report['range_coverage'] * 100:.1f} % of faces" in card
     assert "meant to hold the true age of 80 % of faces" in card
+
+
+def test_the_cards_headlines_are_the_figures_it_prints_and_make_the_readme_row():
+    table = predictions()
+    _, section = gender_section(table)
+    run = {"profile": "default", "note": None, "git_commit": "0123456789abcdef", "date": "2026-12-07 08:00 UTC"}
+    card = write_model_card(DATA, {}, {}, run | {"run_id": None, "run_name": None}, CARD, section)
+    headlines = card_headlines(run, section)
+    gender = headlines["sections"][0]
+    assert (gender["task"], gender["scope"], gender["headline"]) == ("gender", "test", "accuracy")
+    assert json.loads(json.dumps(headlines)) == headlines  # written as JSON
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+    from reference_table import table_row  # noqa: PLC0415
+
+    row = table_row(headlines, 41.6, "x86_64, 2 cores", "make run")
+    printed = f"{gender['value']:.3f} ({gender['low']:.3f}–{gender['high']:.3f})"
+    assert printed in card and printed in row  # the README's figure is the card's
+    assert row.startswith("| default | `make run` | 42 | ") and row.endswith("| – | x86_64, 2 cores | 0123456 |")

@@ -204,3 +204,20 @@ def write_model_card(
     card = "\n".join(lines).rstrip() + "\n"
     logger.info("Model card: %d lines for %s", card.count("\n"), ", ".join(tests) or "no task")
     return card
+
+
+HEADLINE_KEYS = ("task", "scope", "headline", "value", "low", "high", "images", "confidence")
+
+
+def card_headlines(run_details: dict[str, Any], *sections: dict[str, Any]) -> dict[str, Any]:
+    """The card's headline figures, machine-readable (``08_reporting/model_card.json``): the run's
+    details and, per task and scope, the headline metric with its interval, as the card prints them.
+    The README's results table is made from this file (``make reference-table``)."""
+    return {
+        "run": dict(run_details),
+        "sections": [
+            {key: section.get(key) for key in HEADLINE_KEYS}
+            | ({"folder": section["folder"]} if "folder" in section else {})
+            for section in sections
+        ],
+    }

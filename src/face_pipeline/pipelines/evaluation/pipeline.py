@@ -7,7 +7,7 @@ from kedro.pipeline import Node, Pipeline
 
 from face_pipeline.tasks import get_task
 
-from .card import write_model_card
+from .card import card_headlines, write_model_card
 from .card_summary import describe_run, summarise_folder_for_card, summarise_for_card
 from .heads import compare_with_head
 from .nodes import (
@@ -201,6 +201,12 @@ def create_card_pipeline(tasks: Sequence[str], folder_scope: str | None = None) 
                 ],
                 "model_card",
                 name="write_model_card",
+            ),
+            Node(
+                card_headlines,
+                ["run_details", *(section.outputs[0] for section in sections)],
+                "model_card_headlines",
+                name="card_headlines",
             ),
         ]
     )
