@@ -6,10 +6,11 @@
 
 Reads ``data/08_reporting/model_card.json`` (the headline figures the card prints, with their
 intervals; ``--card`` for another file) and, from the MLflow store (``MLFLOW_TRACKING_URI``,
-default ``sqlite:///mlflow.db``), the wall time (``run_minutes``) of the latest finished
-``__default__`` run of the card's commit and profile. Prints one Markdown row: profile, command,
-minutes, gender accuracy and age MAE on the test split with their intervals, the same on the
-other folder where ``evaluate_folder`` ran (a dash otherwise), machine, commit.
+default ``sqlite:///mlflow.db``), the wall time (``run_minutes``) and commit of the latest
+finished ``__default__`` run of the card's profile: the ``make run`` that trained the networks.
+Prints one Markdown row: profile, command, minutes, gender accuracy and age MAE on the test
+split with their intervals, the same on the other folder where ``evaluate_folder`` ran (a dash
+otherwise), machine, commit.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ def figure(section: dict[str, Any] | None, interval: bool = True) -> str:
     return with_interval(section["headline"], section["value"], section.get("low"), section.get("high"))
 
 
-def table_row(headlines: dict[str, Any], minutes: float | None, machine_name: str, command: str) -> str:
-    """The README's row for the card's figures (``card_headlines``), the run's minutes and machine."""
+def table_row(
+    headlines: dict[str, Any], minutes: float | None, machine_name: str, command: str, commit: str | None = None
+) -> str:
+    """The README's row for the card's figures (``card_headlines``), the training run's minutes,
+    machine and commit (the card's own commit where none is given)."""
     sections = {(section["task"], section["scope"]): section for section in headlines["sections"]}
     run = headlines["run"]
     other = " / ".join(figure(sections.get((task, "external")), interval=False) for task in TASKS)
@@ -52,19 +56,18 @@ def table_row(headlines: dict[str, Any], minutes: float | None, machine_name: st
         figure(sections.get(("age", "test"))),
         "–" if folder is None else f"{other} (`{folder}`)",
         machine_name,
-        (run.get("git_commit") or "–")[:7],
+        (commit or run.get("git_commit") or "–")[:7],
     ]
     return "| " + " | ".join(cells) + " |"
 
 
-def run_minutes(tracking_uri: str, commit: str | None, profile: str | None) -> float | None:
-    """``run_minutes`` of the latest finished ``__default__`` run of ``commit`` and ``profile``."""
+def training_run(tracking_uri: str, profile: str | None) -> tuple[float | None, str | None]:
+    """Minutes (``run_minutes``) and commit (tag ``git_commit``) of the latest finished
+    ``__default__`` run of ``profile``: the ``make run`` that trained the card's networks."""
     import mlflow  # noqa: PLC0415 - a few seconds: not for --help
 
     mlflow.set_tracking_uri(tracking_uri)
     conditions = ["attributes.status = 'FINISHED'", "tags.`mlflow.runName` LIKE '__default__%'"]
-    if commit:
-        conditions.append(f"tags.git_commit = '{commit}'")
     if profile:
         conditions.append(f"tags.profile = '{profile}'")
     runs = mlflow.search_runs(
@@ -75,8 +78,8 @@ def run_minutes(tracking_uri: str, commit: str | None, profile: str | None) -> f
     )
     for run in runs:
         if "run_minutes" in run.data.metrics:
-            return run.data.metrics["run_minutes"]
-    return None
+            return run.data.metrics["run_minutes"], run.data.tags.get("git_commit")
+    return None, None
 
 
 def main() -> None:
@@ -91,12 +94,11 @@ def main() -> None:
     if not args.card.is_file():
         raise SystemExit(f"{args.card} not found: run `make run` first (it writes the model card and this file)")
     headlines = json.loads(args.card.read_text())
-    minutes = args.minutes
+    minutes, commit = args.minutes, None
     if minutes is None:
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}")
-        run = headlines["run"]
-        minutes = run_minutes(tracking_uri, run.get("git_commit"), run.get("profile"))
-    print(table_row(headlines, minutes, args.machine or machine(), args.command))
+        minutes, commit = training_run(tracking_uri, headlines["run"].get("profile"))
+    print(table_row(headlines, minutes, args.machine or machine(), args.command, commit))
 
 
 if __name__ == "__main__":
