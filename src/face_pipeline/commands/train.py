@@ -18,29 +18,35 @@ import click
 
 from face_pipeline.ops.distribute import Cluster, LoopbackUnavailable, cluster_from_environment, run_local_workers
 
-MODEL_INPUTS = ("train_images", "train_labels", "val_images", "val_labels")
-# What the chief's nodes also read: the embedding heads train and are evaluated on them.
-CHIEF_INPUTS = (*MODEL_INPUTS, "train_embeddings", "val_embeddings", "test_embeddings", "embedding_summary")
 
-
-def _training_nodes(task: str) -> list[str]:
+def _chief_pipeline(task: str):
     """The nodes of ``train_<task>`` after preparation (preprocessing and embeddings): training,
-    evaluation, reports, settings."""
+    evaluation, reports, settings; what the chief runs."""
     from kedro.framework.project import pipelines  # noqa: PLC0415
 
     preparation = set(pipelines["embeddings"].nodes)
-    return [node.name for node in pipelines[f"train_{task}"].nodes if node not in preparation]
+    return pipelines[f"train_{task}"].only_nodes(
+        *(node.name for node in pipelines[f"train_{task}"].nodes if node not in preparation)
+    )
+
+
+def _stored_inputs(pipeline) -> list[str]:
+    """What ``pipeline`` reads from the catalog, parameters aside."""
+    return sorted(name for name in pipeline.inputs() if not name.startswith("params:") and name != "parameters")
 
 
 def train_on_this_worker(task: str, env: str | None, cluster: Cluster, project: Path) -> None:
-    """The chief runs ``train_<task>`` (less preprocessing) through Kedro; another worker trains only."""
+    """The chief runs ``train_<task>`` (less preparation) through Kedro; another worker runs only its
+    training node, wired as the pipeline wires it, and keeps nothing (the chief saves and logs)."""
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env) as session:
         context = session.load_context()
-        needed = CHIEF_INPUTS if cluster.is_chief else MODEL_INPUTS
+        chief = _chief_pipeline(task)
+        training = chief.only_nodes(f"{task}.train_model")
+        needed = _stored_inputs(chief if cluster.is_chief else training)
         missing = [name for name in needed if not context.catalog.exists(name)]
         if missing:
             raise click.ClickException(
@@ -48,18 +54,18 @@ def train_on_this_worker(task: str, env: str | None, cluster: Cluster, project: 
                 "run `kedro run --pipelines=embeddings` first"
             )
         if cluster.is_chief:
-            session.run(pipeline_names=[f"train_{task}"], node_names=_training_nodes(task))
+            session.run(pipeline_names=[f"train_{task}"], node_names=[node.name for node in chief.nodes])
             return
-        from face_pipeline.pipelines.training.nodes import train_model  # noqa: PLC0415
-
-        params = context.params[task]
-        data = [context.catalog.load(name) for name in MODEL_INPUTS]
-        train_model(*data, params["task"], params["model"], params["training"])
+        (node,) = training.nodes
+        node.run({name: context.catalog.load(name) for name in node.inputs})
 
 
 @click.command()
 @click.option(
-    "--task", "tasks", multiple=True, default=("gender", "age"), show_default=True, help="Task(s) to train, in turn."
+    "--task",
+    "tasks",
+    multiple=True,
+    help="Task(s) to train, in turn [default: every task, as `kedro run` does].",
 )
 @click.option(
     "--workers",
@@ -78,6 +84,10 @@ def train_on_this_worker(task: str, env: str | None, cluster: Cluster, project: 
 def train(tasks: tuple[str, ...], workers: int, bind_all: bool, env: str | None) -> None:
     """Train the task networks with tf.distribute: on every worker TF_CONFIG describes, or on N local ones."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not tasks:
+        from face_pipeline.tasks import TASKS  # noqa: PLC0415
+
+        tasks = tuple(TASKS)
     if workers > 1 and "TF_CONFIG" not in os.environ:
         tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
         if not bind_all and tracking.startswith(("http://", "https://")):
