@@ -274,7 +274,7 @@ def package_trained_model(models: Path, store: Path) -> str:
     settings = json.loads((models / "inference_settings.json").read_text())
     with mlflow.start_run():
         gender, age = (keras.models.load_model(models / f"{task}_model.keras") for task in ("gender", "age"))
-        return log_face_model(gender, age, settings)
+        return log_face_model(settings, gender_model=gender, age_model=age)
 
 
 def latest_model_file(path: Path) -> Path:

@@ -9,7 +9,8 @@ from fake_faces import encode
 from PIL import Image
 from skimage import data
 
-from face_pipeline.imaging.annotate import annotate, annotated_name, encoded, face_label
+from face_pipeline.imaging.annotate import annotate, annotated_name, encoded
+from face_pipeline.tasks import face_label
 
 PHOTO = encode(Image.fromarray(data.astronaut()), quality=90)
 
@@ -40,7 +41,7 @@ def test_labels_read_gender_its_probability_age_and_range(values, label):
 
 def test_a_face_is_boxed_and_labelled_at_the_photos_size():
     rows = pd.DataFrame([row(gender="female", female_probability=0.93, age=31.8, age_low=25.0, age_high=41.0)])
-    picture = annotate(PHOTO, rows)
+    picture = annotate(PHOTO, rows, face_label)
     assert picture.size == (512, 512)
     original = np.asarray(Image.open(io.BytesIO(PHOTO)).convert("RGB")).astype(int)
     drawn = np.asarray(picture).astype(int)
@@ -54,7 +55,7 @@ def test_a_face_is_boxed_and_labelled_at_the_photos_size():
 def test_a_photo_without_a_face_is_copied_with_a_note():
     blank = encode(Image.new("RGB", (300, 200), (250, 250, 250)), "PNG")
     rows = pd.DataFrame([{"status": "no face", "reason": "no face detected"}])
-    picture = annotate(blank, rows)
+    picture = annotate(blank, rows, face_label)
     assert picture.size == (300, 200)
     pixels = np.asarray(picture)
     assert pixels[:20, :60].min() < 100  # the note's dark band, top left, readable on a white photo

@@ -21,7 +21,7 @@ from face_pipeline.commands.console import cli
 def test_command_line_prints_one_line_per_face(saved_models, tmp_path, output_format):
     (tmp_path / "photo.jpg").write_bytes(PHOTO)
     (tmp_path / "broken.jpg").write_bytes(b"")
-    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    models = ["--model", f"gender={saved_models['gender']}", "--model", f"age={saved_models['age']}"]
     models += ["--settings", str(saved_models["settings"])]
     result = CliRunner().invoke(cli, ["predict", str(tmp_path), *models, "--format", output_format])
     assert result.exit_code == 0, result.output
@@ -49,7 +49,7 @@ class StdoutLogs(logging.Handler):
 
 def test_command_line_explains_a_missing_model(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(PHOTO)
-    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), "--gender-model", "nope.keras"])
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), "--model", "gender=nope.keras"])
     assert result.exit_code != 0
     assert "No model at nope.keras" in result.output
 
@@ -58,7 +58,7 @@ def test_command_line_follows_the_saved_settings_unless_told(saved_models, tmp_p
     (tmp_path / "photo.jpg").write_bytes(PHOTO)
     never = {**SETTINGS, "detection": {**SETTINGS["detection"], "mode": "never"}}
     (tmp_path / "never.json").write_text(json.dumps(never))
-    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    models = ["--model", f"gender={saved_models['gender']}", "--model", f"age={saved_models['age']}"]
 
     def box(*options):
         result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), *models, *options, "--format", "csv"])
@@ -76,7 +76,7 @@ def test_command_line_follows_the_saved_settings_unless_told(saved_models, tmp_p
 def test_command_line_streams_csv_rows_chunk_by_chunk_with_one_header(saved_models, tmp_path):
     for index in range(130):  # more than one chunk of 128 photos
         (tmp_path / f"{index:03d}.png").write_bytes(encode(Image.new("L", (40, 40), index), "PNG"))
-    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    models = ["--model", f"gender={saved_models['gender']}", "--model", f"age={saved_models['age']}"]
     options = ["--settings", str(saved_models["settings"]), "--detect", "never", "--format", "csv"]
     # Logging set up by the host program (here: to stdout, at INFO) must not mix into the rows.
     handler, root = StdoutLogs(), logging.getLogger()
@@ -101,7 +101,7 @@ def test_command_line_annotates_every_readable_photo(saved_models, tmp_path):
     (photos / "blank.png").write_bytes(encode(Image.new("RGB", (640, 480), (20, 20, 20)), "PNG"))
     (photos / "notes.jpg").write_bytes(b"this is text, not a photo")
     out = tmp_path / "out"
-    models = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    models = ["--model", f"gender={saved_models['gender']}", "--model", f"age={saved_models['age']}"]
     options = [*models, "--settings", str(saved_models["settings"]), "--annotate", str(out)]
     result = CliRunner().invoke(cli, ["predict", str(photos), *options])
     assert result.exit_code == 0, result.output

@@ -50,7 +50,7 @@ def demo_url(tmp_path_factory):
         "--port",
         str(port),
     ]
-    command += ["--gender-model", str(models["gender"]), "--age-model", str(models["age"])]
+    command += ["--model", f"gender={models['gender']}", "--model", f"age={models['age']}"]
     command += ["--settings", str(models["settings"])]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

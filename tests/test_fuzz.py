@@ -78,7 +78,7 @@ def tiny_models(tmp_path_factory):
         )
     settings = inference_settings({"image": {"size": 32, "color_mode": "grayscale"}}, {"detection": {"mode": "auto"}})
     (folder / "settings.json").write_text(json.dumps(settings))
-    return ["--gender-model", str(folder / "gender.keras"), "--age-model", str(folder / "age.keras"),
+    return ["--model", f"gender={folder / 'gender.keras'}", "--model", f"age={folder / 'age.keras'}",
             "--settings", str(folder / "settings.json")]  # fmt: skip
 
 

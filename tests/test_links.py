@@ -46,7 +46,7 @@ def linked_folder(root: Path, count: int = 12) -> tuple[Path, list[str]]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> list[str]:
     paths = save_small_models(tmp_path_factory.mktemp("models"))
-    return ["--gender-model", str(paths["gender"]), "--age-model", str(paths["age"]),
+    return ["--model", f"gender={paths['gender']}", "--model", f"age={paths['age']}",
             "--settings", str(paths["settings"])]  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def server(store):
     with mlflow.start_run():
-        uri = log_face_model(tiny_network("gender"), tiny_network("age"), SETTINGS)
+        uri = log_face_model(SETTINGS, gender_model=tiny_network("gender"), age_model=tiny_network("age"))
     with serve(uri, workers=1, env={"MLFLOW_TRACKING_URI": store}) as running:
         yield running
 
@@ -118,7 +118,7 @@ def test_an_oversized_body_is_refused_before_it_is_read_and_others_are_still_ser
 def test_a_failure_inside_the_model_is_a_500_with_a_request_id_and_the_traceback_only_in_the_log(store, tmp_path):
     # Networks for 48-pixel inputs served with settings for 32: every prediction fails inside the model.
     with mlflow.start_run():
-        uri = log_face_model(tiny_network("gender", 48), tiny_network("age", 48), SETTINGS)
+        uri = log_face_model(SETTINGS, gender_model=tiny_network("gender", 48), age_model=tiny_network("age", 48))
     # The limits can be changed when serving (docs/security.md): here at most 2 rows per request.
     env = {"MLFLOW_TRACKING_URI": store, "MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps({"max_rows": 2})}
     with serve(uri, workers=1, env=env, log=tmp_path / "server.log") as broken:

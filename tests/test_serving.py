@@ -38,7 +38,13 @@ def face_model_uri(saved_models, tmp_path_factory) -> str:
         mlflow.log_dict(SETTINGS, "inference_settings.json")
         for task in ("gender", "age"):  # as the catalog's <task>.calibration does
             mlflow.log_dict(CALIBRATION[task], f"{task}_calibration.json")
-        uri = log_face_model(gender, age, SETTINGS, CALIBRATION["gender"], CALIBRATION["age"])
+        uri = log_face_model(
+            SETTINGS,
+            gender_model=gender,
+            age_model=age,
+            gender_calibration=CALIBRATION["gender"],
+            age_calibration=CALIBRATION["age"],
+        )
         names = {"gender": "face_gender", "age": "face_age", "face": "face_model"}
         assert register_models(uri, {"register": False, "names": names}) == {}
         assert register_models(uri, {"register": True, "names": names}) == {
@@ -153,7 +159,7 @@ def test_every_surface_answers_with_the_saved_calibration(saved_models, face_mod
 
     for name, data_bytes in photos:
         (tmp_path / name).write_bytes(data_bytes)
-    models_options = ["--gender-model", str(saved_models["gender"]), "--age-model", str(saved_models["age"])]
+    models_options = ["--model", f"gender={saved_models['gender']}", "--model", f"age={saved_models['age']}"]
     options = [*models_options, "--settings", str(saved_models["settings"]), "--format", "csv"]
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "photo.jpg"), str(tmp_path / "crop.png"), *options])
     assert result.exit_code == 0, result.output

@@ -128,7 +128,7 @@ class RunSettings:
 
 
 # Keys of ``predict`` that only ``--params`` sets: the catalog reads them (``runtime_params``).
-PREDICT_RUNTIME_KEYS = ("input_path", "gender_model", "age_model", "refuse_outside_links")
+PREDICT_RUNTIME_KEYS = ("input_path", "models", "refuse_outside_links")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from face_pipeline.inference.predictor import SERVED_TASKS
 from face_pipeline.pipelines import embeddings, evaluation, finetuning, ingestion, predict, preprocessing, training
 from face_pipeline.tasks import TASKS
 
@@ -22,7 +21,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     ingest = ingestion.create_pipeline()
     prepare = ingest + preprocessing.create_pipeline() + embeddings.create_pipeline()
     # One training and one evaluation pipeline per task (face_pipeline.tasks); the served model
-    # bundles the gender and age networks.
+    # bundles every task's network.
     train = {task: training.create_pipeline(task=task) for task in TASKS}
     evaluate = {task: evaluation.create_pipeline(task=task) for task in TASKS}
     settings = predict.create_settings_pipeline()
@@ -40,14 +39,17 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": sum(evaluate.values(), Pipeline([])) + card(TASKS),
         # The saved models on another labelled folder (EVAL_DATA_DIR), no retraining; the card
         # rewritten with their figures there.
-        "evaluate_folder": evaluation.create_folder_pipeline(SERVED_TASKS)
-        + card(SERVED_TASKS, folder_scope="external"),
+        "evaluate_folder": evaluation.create_folder_pipeline(tuple(TASKS)) + card(TASKS, folder_scope="external"),
         # The saved models trained further on another population's labelled folder (FINETUNE_DATA_DIR).
-        "finetune": finetuning.create_pipeline(),
-        # Gender and age for new photos (predict.input_path), with the saved models.
+        "finetune": finetuning.create_pipeline(tuple(TASKS)),
+        # Every task's answer for new photos (predict.input_path), with the saved models.
         "predict": predict.create_pipeline(),
-        # Both models bundled with detection and preprocessing as the MLflow model face_model, with
+        # Every task's network bundled with detection and preprocessing as the MLflow model face_model, with
         # the model card the last training or evaluation wrote.
-        "package_model": settings + predict.create_packaging_pipeline(),
-        "__default__": prepare + trained_and_evaluated + settings + card(TASKS) + predict.create_packaging_pipeline(),
+        "package_model": settings + predict.create_packaging_pipeline(tuple(TASKS)),
+        "__default__": prepare
+        + trained_and_evaluated
+        + settings
+        + card(TASKS)
+        + predict.create_packaging_pipeline(tuple(TASKS)),
     }

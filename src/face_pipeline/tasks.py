@@ -88,6 +88,18 @@ class Task:
         f"true {true:g}, predicted {predicted:g}"
     )
     label: Callable[[pd.DataFrame], Any] | None = None
+    # A prediction row's answer, in words for the command's table and in a few characters for a
+    # picture's label; None where the row has none. Default: the column of the task's name.
+    answer_text: Callable[[Mapping[str, Any]], str | None] | None = None
+    picture_label: Callable[[Mapping[str, Any]], str | None] | None = None
+
+    def text(self, row: Mapping[str, Any], short: bool = False) -> str | None:
+        """This task's answer in ``row`` (a prediction row): in words, or ``short`` for a picture."""
+        custom = self.picture_label if short else self.answer_text
+        if custom is not None:
+            return custom(row)
+        value = row.get(self.name)
+        return None if _missing(value) else f"{self.name} {value}"
 
     def targets(self, labels: pd.DataFrame) -> np.ndarray:
         """The task's target per row of a labels table: the column of its name, or ``label(labels)``."""
@@ -183,6 +195,38 @@ def gender_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def gender_text(row: Mapping[str, Any]) -> str | None:
+    """``female (P(female) 0.64, uncertain)``."""
+    if _missing(row.get("gender")):
+        return None
+    doubt = ", uncertain" if not _missing(row.get("gender_uncertain")) and bool(row["gender_uncertain"]) else ""
+    return f"{row['gender']} (P(female) {float(row['female_probability']):.2f}{doubt})"
+
+
+def gender_label(row: Mapping[str, Any]) -> str | None:
+    """``F 0.97``: the initial (``?`` after it when uncertain) and the probability of that answer."""
+    if _missing(row.get("gender")):
+        return None
+    probability = float(row["female_probability"])
+    answered = probability if row["gender"] == "female" else 1 - probability
+    doubt = "?" if not _missing(row.get("gender_uncertain")) and bool(row["gender_uncertain"]) else ""
+    return f"{str(row['gender'])[0].upper()}{doubt} {answered:.2f}"
+
+
+def age_text(row: Mapping[str, Any], short: bool = False) -> str | None:
+    """``age 28.6 (20-38)`` (``short``: ``29 (20-38)``)."""
+    if _missing(row.get("age")):
+        return None
+    text = f"{float(row['age']):.0f}" if short else f"age {float(row['age']):.1f}"
+    if not _missing(row.get("age_low")) and not _missing(row.get("age_high")):
+        text += f" ({float(row['age_low']):.0f}-{float(row['age_high']):.0f})"
+    return text
+
+
 GENDER = Task(
     name="gender",
     head=gender_head,
@@ -202,6 +246,8 @@ GENDER = Task(
         "risk_coverage": plot_risk_coverage,
     },
     describe_prediction=lambda true, predicted: f"true {GENDERS[int(true)]}\nP(female) {predicted:.2f}",
+    answer_text=gender_text,
+    picture_label=gender_label,
 )
 
 
@@ -302,6 +348,8 @@ AGE = Task(
     label_stats=age_label_stats,
     plots={"predicted_vs_true": plot_predicted_vs_true, "ranges": plot_age_ranges},
     describe_prediction=lambda true, predicted: f"true {true:.0f}, predicted {predicted:.0f}",
+    answer_text=age_text,
+    picture_label=lambda row: age_text(row, short=True),
 )
 
 
@@ -325,3 +373,15 @@ def register(task: Task) -> Task:
 def unregister(name: str) -> None:
     """Forget the task ``name`` (one ``register`` added)."""
     _REGISTRY.pop(name, None)
+
+
+def answers_text(row: Mapping[str, Any], short: bool = False) -> str:
+    """Every task's answer in a prediction row: ``female (P(female) 0.64, uncertain)  age 28.6
+    (20-38)`` for the command's table, ``F? 0.64 · 29 (20-38)`` (``short``) for a picture."""
+    texts = [text for task in TASKS.values() if (text := task.text(row, short)) is not None]
+    return (" · " if short else "  ").join(texts)
+
+
+def face_label(row: Mapping[str, Any]) -> str:
+    """A face's label on an annotated picture: ``F? 0.64 · 29 (20-38)``."""
+    return answers_text(row, short=True)

@@ -14,7 +14,6 @@ import click
 from face_pipeline.embedding.descriptor import PREDICT_MODES
 from face_pipeline.imaging.detection import DETECT_MODES
 
-DEFAULT_MODELS = {"gender": "data/06_models/gender_model.keras", "age": "data/06_models/age_model.keras"}
 DEFAULT_SETTINGS = "data/06_models/inference_settings.json"
 
 
@@ -26,20 +25,15 @@ def cli() -> None:
 def model_options(command):
     """The options that pick the networks, their calibration and settings (``load_predictor``)."""
     options = [
+        click.option("--model-uri", help="MLflow run holding every task's model (<task>_model), e.g. runs:/<run id>."),
         click.option(
-            "--model-uri", help="MLflow run holding both models, e.g. runs:/<run id> (overrides the two below)."
-        ),
-        click.option(
-            "--gender-model",
-            default=DEFAULT_MODELS["gender"],
-            show_default=True,
-            help="File, versioned folder or MLflow URI.",
-        ),
-        click.option(
-            "--age-model",
-            default=DEFAULT_MODELS["age"],
-            show_default=True,
-            help="File, versioned folder or MLflow URI.",
+            "--model",
+            "models",
+            multiple=True,
+            metavar="TASK=SOURCE",
+            help="One task's network: a .keras file, a versioned folder or an MLflow URI, e.g. "
+            "age=runs:/<run id>/age_model (repeat for several) [default: each task's latest in data/06_models, "
+            "or its model in --model-uri].",
         ),
         click.option(
             "--settings",
@@ -61,17 +55,27 @@ def model_options(command):
     return command
 
 
+def parse_models(models: tuple[str, ...]) -> dict[str, str]:
+    """``("age=path",)`` -> ``{"age": "path"}``; anything else is a usage error."""
+    parsed = {}
+    for item in models:
+        task, equals, source = item.partition("=")
+        if not equals or not task or not source:
+            raise click.BadParameter(f"{item!r}: expected TASK=SOURCE, e.g. age=data/06_models/age_model.keras")
+        parsed[task.strip()] = source.strip()
+    return parsed
+
+
 def load_predictor(
     model_uri: str | None,
-    gender_model: str,
-    age_model: str,
+    models: tuple[str, ...],
     settings_path: str | None,
     detect: str | None,
     mode: str = PREDICT_MODES[0],
     **options,
 ):
-    """The ``FacePredictor`` for the saved networks, with the calibration and settings saved with
-    them (a clear message instead of a traceback when something is missing)."""
+    """The ``FacePredictor`` for every task's saved network, with the calibration and settings saved
+    with them (a clear message instead of a traceback when something is missing)."""
     import os  # noqa: PLC0415
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,14 +85,15 @@ def load_predictor(
         load_embedding_heads,
         load_inference_settings,
         load_keras_model,
+        model_sources,
     )
     from face_pipeline.inference.predictor import FacePredictor  # noqa: PLC0415 - keep --help fast
+    from face_pipeline.tasks import TASKS  # noqa: PLC0415
 
-    if model_uri:
-        gender_model, age_model = f"{model_uri.rstrip('/')}/gender_model", f"{model_uri.rstrip('/')}/age_model"
+    overrides = parse_models(models)
     try:
-        sources = {"gender": gender_model, "age": age_model}
-        models = {task: load_keras_model(source) for task, source in sources.items()}
+        sources = model_sources(TASKS, overrides, model_uri)
+        networks = {task: load_keras_model(source) for task, source in sources.items()}
         calibration = {task: load_calibration(source) for task, source in sources.items()}
         settings = load_inference_settings(settings_path or model_uri or DEFAULT_SETTINGS)
         accurate = load_embedding_heads(sources, embedding_backend(settings)) if mode == "accurate" else None
@@ -96,7 +101,7 @@ def load_predictor(
         raise click.ClickException(str(exc)) from exc
     if detect:
         settings = {**settings, "detection": {**settings["detection"], "mode": detect}}
-    return FacePredictor.from_settings(models, settings, calibration=calibration, accurate=accurate, **options)
+    return FacePredictor.from_settings(networks, settings, calibration=calibration, accurate=accurate, **options)
 
 
 @cli.command()
@@ -124,16 +129,17 @@ def predict(
     output_format: str,
     annotate_dir: str | None,
     refuse_outside_links: bool,
-    **models,
+    **choice,
 ) -> None:
-    """Print gender and age for every face in PATHS (photos, folders or fsspec URLs), one line per face."""
+    """Print every task's answer (gender, age, ...) for every face in PATHS (photos, folders or fsspec
+    URLs), one line per face."""
     from face_pipeline.datasets.folders import ImageFilesDataset  # noqa: PLC0415 - keep --help fast
 
     try:
         photos = ImageFilesDataset(paths=list(paths), refuse_outside_links=refuse_outside_links).load()
     except Exception as exc:  # a clear message instead of a traceback
         raise click.ClickException(str(exc)) from exc
-    predictor = load_predictor(**models, workers=workers)
+    predictor = load_predictor(**choice, workers=workers)
     # Table and CSV rows are printed chunk by chunk as they come; JSON is one array at the end.
     statuses: list[str] = []
     records: list[dict] = []
@@ -159,9 +165,10 @@ def _write_annotated(chunk, photos, folder: Path, taken: set[str], max_pixels: i
     """Each photo of ``chunk`` with its faces drawn on it into ``folder``; one that could not be
     read or drawn is named on stderr with the reason, and the others go on."""
     from face_pipeline.imaging.annotate import annotated_photos, encoded  # noqa: PLC0415
+    from face_pipeline.tasks import face_label  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
-    for photo in annotated_photos(chunk, photos, taken, max_pixels):
+    for photo in annotated_photos(chunk, photos, taken, face_label, max_pixels):
         if photo.picture is None:
             click.echo(f"{photo.file}: not annotated ({photo.reason})", err=True)
         else:
@@ -169,20 +176,16 @@ def _write_annotated(chunk, photos, folder: Path, taken: set[str], max_pixels: i
 
 
 def _print_rows(table) -> None:
-    import pandas as pd  # noqa: PLC0415
+    """One line per face: the photo, the face's box and every task's answer (``tasks.answers_text``)."""
+    from face_pipeline.tasks import answers_text  # noqa: PLC0415
 
-    for row in table.itertuples():
-        name = Path(str(row.file)).name
-        if row.status == "ok":
-            box = f"[{row.box_x},{row.box_y} {row.box_size}px]"
-            doubt = ", uncertain" if row.gender_uncertain else ""
-            gender = f"{row.gender} (P(female) {row.female_probability:.2f}{doubt})"
-            age = f"age {row.age:.1f}"
-            if pd.notna(row.age_low):
-                age += f" ({row.age_low:.0f}-{row.age_high:.0f})"
-            click.echo(f"{name}  face {row.face} {box}  {gender}  {age}")
+    for row in table.to_dict("records"):
+        name = Path(str(row["file"])).name
+        if row["status"] == "ok":
+            box = f"[{row['box_x']},{row['box_y']} {row['box_size']}px]"
+            click.echo(f"{name}  face {row['face']} {box}  {answers_text(row)}")
         else:
-            click.echo(f"{name}  {row.status}: {row.reason}")
+            click.echo(f"{name}  {row['status']}: {row['reason']}")
 
 
 @cli.command()
@@ -191,13 +194,13 @@ def _print_rows(table) -> None:
     "--host", default="127.0.0.1", show_default=True, help="Interface to listen on (another exposes the page)."
 )
 @click.option("--port", type=int, default=7860, show_default=True)
-def demo(host: str, port: int, **models) -> None:
+def demo(host: str, port: int, **choice) -> None:
     """A local web page to try the models: drop photos, see them annotated and the table of faces."""
     import uvicorn  # noqa: PLC0415
 
     from face_pipeline.commands.demo import create_app  # noqa: PLC0415
 
-    app = create_app(load_predictor(**models))
+    app = create_app(load_predictor(**choice))
     click.echo(f"face_pipeline demo on http://{host}:{port}/ (Ctrl+C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from face_pipeline.imaging.annotate import annotate, encoded
 from face_pipeline.inference.predictor import FacePredictor
+from face_pipeline.tasks import face_label
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _answer(predictor: FacePredictor, name: str, data: bytes) -> dict[str, Any]:
     if (table["status"] == "error").all():
         return {"file": name, "error": str(table["reason"].iloc[0])}
     faces = table[table["status"] == "ok"]
-    picture = encoded(annotate(data, table, predictor.spec.max_pixels), "picture.jpg")
+    picture = encoded(annotate(data, table, face_label, predictor.spec.max_pixels), "picture.jpg")
     return {
         "file": name,
         "faces": json.loads(faces[FACE_FIELDS].to_json(orient="records")),

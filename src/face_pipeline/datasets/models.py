@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from kedro.io.core import (
     AbstractDataset,
@@ -59,3 +59,52 @@ class EmbeddingHeadDataset(_FromModelSource):
         from face_pipeline.inference.loading import load_embedding_head  # noqa: PLC0415
 
         return functools.partial(load_embedding_head, self._source)
+
+
+class TaskModelsDataset(AbstractDataset[None, dict[str, Any]]):
+    """For every task (``face_pipeline.tasks``), what was saved with its network, by task: the
+    network (``kind: model``), its calibration (``calibration``) or a loader of its embedding head
+    (``head``, called only in ``mode: accurate``).
+
+    Each task's source is ``sources[task]`` where given (e.g. ``--params
+    predict.models.age=runs:/<run id>/age_model``: a ``.keras`` file, a Kedro versioned folder or
+    an MLflow URI), else the latest saved version, ``<folder>/<prefix><task>_model.keras``
+    (``inference.loading.model_sources``). Read-only.
+    """
+
+    READERS: ClassVar[dict[str, type[_FromModelSource]]] = {
+        "model": KerasModelDataset,
+        "calibration": CalibrationDataset,
+        "head": EmbeddingHeadDataset,
+    }
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        sources: dict[str, str] | None = None,
+        folder: str = "data/06_models",
+        prefix: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if kind not in self.READERS:
+            raise DatasetError(f"TaskModelsDataset: kind must be one of {sorted(self.READERS)}, got {kind!r}")
+        self._kind, self._sources, self._folder, self._prefix = kind, dict(sources or {}), folder, prefix
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"kind": self._kind, "sources": self._sources, "folder": self._folder, "prefix": self._prefix}
+
+    def sources(self) -> dict[str, str]:
+        """Each task's model source."""
+        from face_pipeline.inference.loading import model_sources  # noqa: PLC0415
+        from face_pipeline.tasks import TASKS  # noqa: PLC0415
+
+        return model_sources(TASKS, self._sources, folder=self._folder, prefix=self._prefix)
+
+    def load(self) -> dict[str, Any]:
+        read = self.READERS[self._kind]
+        return {task: read(source=source).load() for task, source in self.sources().items()}
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("TaskModelsDataset is read-only")

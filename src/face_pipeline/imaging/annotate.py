@@ -37,26 +37,12 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(_font_file(), max(10, int(size)))
 
 
-def face_label(row: pd.Series) -> str:
-    """``F 0.97 · 34 (28-41)`` for one prediction row (``?`` after the initial when uncertain)."""
-    parts = []
-    if "gender" in row and pd.notna(row.get("gender")):
-        probability = float(row["female_probability"])
-        answered = probability if row["gender"] == "female" else 1 - probability
-        uncertain = row.get("gender_uncertain")
-        doubt = "?" if pd.notna(uncertain) and bool(uncertain) else ""
-        parts.append(f"{str(row['gender'])[0].upper()}{doubt} {answered:.2f}")
-    if "age" in row and pd.notna(row.get("age")):
-        age = f"{float(row['age']):.0f}"
-        if pd.notna(row.get("age_low")) and pd.notna(row.get("age_high")):
-            age += f" ({float(row['age_low']):.0f}-{float(row['age_high']):.0f})"
-        parts.append(age)
-    return " · ".join(parts)
-
-
-def annotate(data: bytes, rows: pd.DataFrame, max_pixels: int = ImageSpec().max_pixels) -> Image.Image:
+def annotate(
+    data: bytes, rows: pd.DataFrame, label: Callable[[pd.Series], str], max_pixels: int = ImageSpec().max_pixels
+) -> Image.Image:
     """The photo ``data`` at its own size (EXIF orientation applied, as prediction sees it) with each
-    ``ok`` row's box and label; a photo without one gets a note saying why."""
+    ``ok`` row's box and ``label(row)`` (``tasks.answers_text(row, short=True)``: ``F 0.97 · 34
+    (28-41)``); a photo without one gets a note saying why."""
     picture = Image.fromarray(load_image(data, ImageSpec(color_mode="rgb", max_pixels=max_pixels))).convert("RGBA")
     overlay = Image.new("RGBA", picture.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -66,7 +52,7 @@ def annotate(data: bytes, rows: pd.DataFrame, max_pixels: int = ImageSpec().max_
         width = max(2, size // 60)
         draw.rectangle((x - width, y - width, x + size + width, y + size + width), outline=OUTLINE, width=width)
         draw.rectangle((x, y, x + size, y + size), outline=BOX_COLOUR, width=width)
-        _label(draw, face_label(row), x, y + size + width, size, picture.size)
+        _label(draw, label(row), x, y + size + width, size, picture.size)
     if faces.empty:
         reason = rows["reason"].dropna().iloc[0] if rows["reason"].notna().any() else "no face detected"
         _label(draw, str(reason), 0, 0, min(picture.size) // 2, picture.size)
@@ -122,6 +108,7 @@ def annotated_photos(
     table: pd.DataFrame,
     photos: Mapping[str, Callable[[], bytes]],
     taken: set[str],
+    label: Callable[[pd.Series], str],
     max_pixels: int = ImageSpec().max_pixels,
 ) -> Iterator[Annotated]:
     """Each photo of the prediction ``table`` (its rows by ``file``) drawn by ``annotate``, read
@@ -132,7 +119,7 @@ def annotated_photos(
             yield Annotated(str(file), None, None, str(rows["reason"].iloc[0]))
             continue
         try:
-            picture = annotate(photos[file](), rows, max_pixels)
+            picture = annotate(photos[file](), rows, label, max_pixels)
         except Exception as exc:  # noqa: BLE001 - one picture must not stop the others
             yield Annotated(str(file), None, None, f"{type(exc).__name__}: {exc}")
             continue

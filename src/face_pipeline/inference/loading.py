@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,31 @@ def load_keras_model(source: str | Path):
         raise FileNotFoundError(f"No model at {path}; train one with `kedro run` or pass a path or MLflow URI")
     # safe_mode: a model file cannot run code of its own (a Lambda layer's pickled function) on load.
     return keras.models.load_model(path, safe_mode=True)
+
+
+MODELS_FOLDER = "data/06_models"  # where training saves each task's network (<task>_model.keras)
+
+
+def model_sources(
+    tasks: Iterable[str],
+    overrides: Mapping[str, str] | None = None,
+    model_uri: str | None = None,
+    folder: str = MODELS_FOLDER,
+    prefix: str = "",
+) -> dict[str, str]:
+    """Where each task's network is read from: ``overrides[task]`` where given, else the run
+    ``model_uri`` (``<model_uri>/<task>_model``), else the latest saved version,
+    ``<folder>/<prefix><task>_model.keras``. A task in ``overrides`` that is not among ``tasks``
+    is an error (a misspelt name would otherwise be ignored)."""
+    tasks = list(tasks)
+    unknown = set(overrides or {}) - set(tasks)
+    if unknown:
+        raise ValueError(f"no task named {', '.join(sorted(unknown))}; the tasks are {', '.join(tasks)}")
+    default = {
+        task: f"{model_uri.rstrip('/')}/{prefix}{task}_model" if model_uri else f"{folder}/{prefix}{task}_model.keras"
+        for task in tasks
+    }
+    return {task: str((overrides or {}).get(task) or default[task]) for task in tasks}
 
 
 def companion_name(model_name: str, kind: str = "calibration", suffix: str = ".json") -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mlflow.types import ColSpec, Schema
 
 import face_pipeline
 from face_pipeline.embedding.descriptor import PREDICT_MODES
-from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, SERVED_TASKS, task_columns
+from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, task_columns
 from face_pipeline.inference.serving import MODEL_CARD, SERVING_LIMITS, FaceModel
 
 # What a logged model needs to load, pinned to the versions installed (MLflow adds itself).
@@ -57,7 +58,7 @@ def pinned_requirements(requirements: tuple[tuple[str, ...], ...] = NETWORK_REQU
     return pins
 
 
-def output_signature() -> ModelSignature:
+def output_signature(tasks: Sequence[str]) -> ModelSignature:
     """The served model's answer, one row per face: the photo's ``id``, the face's box, each task's
     columns (``Task.columns``: gender, calibrated P(female), gender_uncertain, age, age_low,
     age_high) and the outcome. Inputs are not enforced by MLflow: ``decode_payload`` checks them
@@ -65,8 +66,7 @@ def output_signature() -> ModelSignature:
     kinds = {"f": "double", "b": "boolean"}
     columns = [ColSpec("string", "id"), *(ColSpec("long", name, required=False) for name in FACE_COLUMNS[1:])]
     columns += [
-        ColSpec(kinds.get(dtype.kind, "string"), name, required=False)
-        for name, dtype in task_columns(SERVED_TASKS).items()
+        ColSpec(kinds.get(dtype.kind, "string"), name, required=False) for name, dtype in task_columns(tasks).items()
     ]
     columns += [ColSpec("string", name, required=name == "status") for name in OUTCOME_COLUMNS]
     return ModelSignature(inputs=None, outputs=Schema(columns))
@@ -81,42 +81,45 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({"id": ["example.png"], "image": [base64.b64encode(buffer.getvalue()).decode()]})
 
 
+PACKAGED_PARTS = ("model", "calibration", "head", "combination")  # what each task brings, by keyword <task>_<part>
+
+
 def log_face_model(
-    gender_model,
-    age_model,
     inference_settings: dict[str, Any],
-    gender_calibration: dict[str, Any] | None = None,
-    age_calibration: dict[str, Any] | None = None,
-    gender_head=None,
-    age_head=None,
-    gender_combination: dict[str, Any] | None = None,
-    age_combination: dict[str, Any] | None = None,
     predict: dict[str, Any] | None = None,
     model_card: str | None = None,
+    **task_parts: Any,
 ) -> str:
     """Log the bundled model as ``face_model`` into the active MLflow run; returns its URI.
 
-    Node function: kedro-mlflow's model dataset cannot attach the two networks as artifacts,
-    so the node logs the model itself (into the run kedro-mlflow opened). The networks'
-    calibrations travel in its config; the embedding heads (where given) as artifacts, their
-    combinations in the config, and ``mode`` (``predict.mode``) says whether they answer. The
-    model card (where given, Markdown) travels as the artifact ``model_card``:
-    ``face_model/artifacts/model_card.md``.
+    ``task_parts`` holds, for each task, ``<task>_model`` (its network) and optionally
+    ``<task>_calibration``, ``<task>_head`` and ``<task>_combination`` (``package_pipeline``
+    wires them for every task). Node function: kedro-mlflow's model dataset cannot attach the
+    networks as artifacts, so the node logs the model itself (into the run kedro-mlflow opened).
+    The networks' calibrations travel in its config; the embedding heads (where every task has
+    one) as artifacts, their combinations in the config, and ``mode`` (``predict.mode``) says
+    whether they answer. The model card (where given, Markdown) travels as the artifact
+    ``model_card``: ``face_model/artifacts/model_card.md``.
     """
-    heads = {"gender": gender_head, "age": age_head}
-    combinations = {"gender": gender_combination, "age": age_combination}
+    tasks = [name.removesuffix("_model") for name in task_parts if name.endswith("_model")]
+    unknown = set(task_parts) - {f"{task}_{part}" for task in tasks for part in PACKAGED_PARTS}
+    if unknown:
+        raise TypeError(f"log_face_model: unexpected {sorted(unknown)}; each task brings <task>_{PACKAGED_PARTS}")
+    heads = {task: task_parts.get(f"{task}_head") for task in tasks}
+    combinations = {task: task_parts.get(f"{task}_combination") for task in tasks}
     with_heads = all(head is not None for head in heads.values()) and all(combinations.values())
     # Every limit is in the config so that MLFLOW_PYFUNC_INFERENCE_CONFIG can override it when
     # serving, as can the mode.
     config = {
+        "tasks": tasks,
         "inference_settings": inference_settings,
-        "calibration": {"gender": gender_calibration or {}, "age": age_calibration or {}},
+        "calibration": {task: task_parts.get(f"{task}_calibration") or {} for task in tasks},
         "mode": (predict or {}).get("mode", PREDICT_MODES[0]),
         "combination": combinations if with_heads else {},
         **asdict(SERVING_LIMITS),
     }
     with tempfile.TemporaryDirectory() as folder:
-        networks = {"gender_model": gender_model, "age_model": age_model}
+        networks = {f"{task}_model": task_parts[f"{task}_model"] for task in tasks}
         if with_heads:
             networks |= {f"{task}_head": head for task, head in heads.items()}
         paths = {name: str(Path(folder) / f"{name}.keras") for name in networks}
@@ -132,7 +135,7 @@ def log_face_model(
             model_config=config,
             code_paths=[str(Path(face_pipeline.__file__).parent)],
             pip_requirements=pinned_requirements(SERVING_REQUIREMENTS),
-            signature=output_signature(),
+            signature=output_signature(tasks),
             input_example=input_example(),
         )
     return info.model_uri
@@ -149,9 +152,7 @@ def register_models(face_model_uri: str, registry: dict[str, Any]) -> dict[str, 
     if run is None:
         raise RuntimeError("registry.register needs an active MLflow run (kedro-mlflow opens one per kedro run)")
     names = registry["names"]
-    sources = {
-        names["gender"]: f"runs:/{run.info.run_id}/gender_model",
-        names["age"]: f"runs:/{run.info.run_id}/age_model",
-        names["face"]: face_model_uri,
-    }
+    # Each task's network as logged by its training (<task>_model), and the bundle.
+    sources = {name: f"runs:/{run.info.run_id}/{task}_model" for task, name in names.items() if task != "face"}
+    sources[names["face"]] = face_model_uri
     return {name: int(mlflow.register_model(source, name).version) for name, source in sources.items()}

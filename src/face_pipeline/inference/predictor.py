@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 # Every prediction row: where the face is, then each task's columns (Task.columns), then the outcome.
 FACE_COLUMNS = ["file", "face", "box_x", "box_y", "box_size"]
 OUTCOME_COLUMNS = ["status", "reason"]
-SERVED_TASKS = ("gender", "age")  # the networks the served model and the predict pipeline bundle
 
 
 def task_columns(tasks: Iterable[str]) -> dict[str, np.dtype]:
@@ -45,11 +44,10 @@ def task_columns(tasks: Iterable[str]) -> dict[str, np.dtype]:
     return columns
 
 
-def prediction_columns(tasks: Iterable[str] = SERVED_TASKS) -> list[str]:
+def prediction_columns(tasks: Iterable[str]) -> list[str]:
     return [*FACE_COLUMNS, *task_columns(tasks), *OUTCOME_COLUMNS]
 
 
-PREDICTION_COLUMNS = prediction_columns()
 BATCH_SIZE = 64  # faces the networks take at a time (predict.batch_size)
 # Photos from which each worker process runs its own copy of the networks (predict.worker_networks_from).
 WORKER_NETWORKS_FROM = 15_000

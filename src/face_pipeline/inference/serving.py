@@ -30,7 +30,6 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from face_pipeline.embedding.descriptor import PREDICT_MODES
 from face_pipeline.imaging.decoding import ImageRejected, open_image
-from face_pipeline.inference.predictor import SERVED_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def decode_payload(
 
 
 class FaceModel(mlflow.pyfunc.PythonModel):
-    """Detection + ``face_input`` + the gender and age networks, as one MLflow model."""
+    """Detection + ``face_input`` + each task's network (config ``tasks``), as one MLflow model."""
 
     def load_context(self, context) -> None:
         import keras  # noqa: PLC0415
@@ -102,6 +101,7 @@ class FaceModel(mlflow.pyfunc.PythonModel):
 
         config = context.model_config
         self.limits = ServingLimits.from_config(config)
+        tasks = config["tasks"]
         accurate = None
         if config.get("mode", PREDICT_MODES[0]) == "accurate":
             if not config.get("combination"):
@@ -111,15 +111,12 @@ class FaceModel(mlflow.pyfunc.PythonModel):
                     "head": keras.models.load_model(context.artifacts[f"{task}_head"], safe_mode=True),
                     "combination": config["combination"][task],
                 }
-                for task in SERVED_TASKS
+                for task in tasks
             }
             accurate = embedding_heads(heads, embedding_backend(config["inference_settings"]))
         self.predictor = FacePredictor.from_settings(
             # safe_mode: a model file cannot run code of its own (Lambda layers) when it loads.
-            {
-                task: keras.models.load_model(context.artifacts[f"{task}_model"], safe_mode=True)
-                for task in SERVED_TASKS
-            },
+            {task: keras.models.load_model(context.artifacts[f"{task}_model"], safe_mode=True) for task in tasks},
             config["inference_settings"],
             calibration=config.get("calibration", {}),
             accurate=accurate,

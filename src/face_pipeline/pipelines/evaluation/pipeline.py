@@ -124,7 +124,7 @@ def create_scoped_pipeline(task: str, scope: str, test: str = "test", model: str
     )
 
 
-def create_folder_pipeline(tasks: tuple[str, ...] = ("gender", "age")) -> Pipeline:
+def create_folder_pipeline(tasks: tuple[str, ...]) -> Pipeline:
     """Score the saved models on another labelled folder, without retraining.
 
     The folder (``external_images``) goes through the same ingestion as the training data, with

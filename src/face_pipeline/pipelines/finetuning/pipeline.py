@@ -16,8 +16,6 @@ from face_pipeline.pipelines.training.nodes import fit_calibration, history_as_m
 
 from .nodes import finetune_model, tag_lineage
 
-TASKS = ("gender", "age")
-
 
 def _identity(model):
     return model
@@ -72,7 +70,8 @@ def _task(task: str) -> Pipeline:
     )
 
 
-def create_pipeline(tasks: tuple[str, ...] = TASKS, **kwargs) -> Pipeline:
+def create_pipeline(tasks: tuple[str, ...], **kwargs) -> Pipeline:
+    """Fine-tuning of each of ``tasks``' networks, with the three evaluations."""
     pipelines = [preprocessing.create_folder_pipeline("finetune", "finetune_images")]
     for task in tasks:
         pipelines += [

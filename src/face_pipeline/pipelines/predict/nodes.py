@@ -1,4 +1,4 @@
-"""Predict: gender and age for every face in new photos."""
+"""Predict: every task's answer (gender, age, ...) for every face in new photos."""
 
 from __future__ import annotations
 
@@ -15,39 +15,38 @@ from face_pipeline.imaging.decoding import ImageSpec
 from face_pipeline.inference.loading import embedding_backend, embedding_heads
 from face_pipeline.inference.predictor import FacePredictor
 from face_pipeline.parameters import PredictSettings
+from face_pipeline.tasks import face_label
 
 logger = logging.getLogger(__name__)
 
 
 def predict_faces(
     photos: dict[str, Callable[[], bytes]],
-    gender_model: Any,
-    age_model: Any,
-    gender_calibration: dict[str, Any],
-    age_calibration: dict[str, Any],
-    gender_head: Callable[[], dict[str, Any]],
-    age_head: Callable[[], dict[str, Any]],
+    models: dict[str, Any],
+    calibrations: dict[str, dict[str, Any]],
+    heads: dict[str, Callable[[], dict[str, Any]]],
     inference_settings: dict[str, Any],
     predict: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per face (file, face index, box, gender, calibrated P(female), whether that is
-    uncertain, age and its range), plus one row per photo with no face or that could not be
-    read, with the reason. Returned twice: Parquet and CSV.
+    """One row per face (file, face index, box, and each task's columns: gender, calibrated
+    P(female), whether that is uncertain, age and its range), plus one row per photo with no face
+    or that could not be read, with the reason. Returned twice: Parquet and CSV.
 
-    The photos are prepared as the models were saved to expect (``inference_settings``). With
-    ``predict.mode: accurate`` each network's answer is mixed with its embedding head's
-    (``gender_head``, ``age_head``: loaders of what was saved with the networks; a missing one
-    stops the run with a message naming it).
+    ``models``, ``calibrations`` and ``heads`` hold each task's network, its calibration and a
+    loader of its embedding head (``TaskModelsDataset``). The photos are prepared as the models
+    were saved to expect (``inference_settings``). With ``predict.mode: accurate`` each network's
+    answer is mixed with its embedding head's (a missing one stops the run with a message naming it).
     """
     settings = PredictSettings.from_params(predict)
     accurate = None
     if settings.mode == "accurate":
-        heads = {"gender": gender_head(), "age": age_head()}
-        accurate = embedding_heads(heads, embedding_backend(inference_settings))
+        accurate = embedding_heads(
+            {task: load() for task, load in heads.items()}, embedding_backend(inference_settings)
+        )
     predictor = FacePredictor.from_settings(
-        {"gender": gender_model, "age": age_model},
+        models,
         inference_settings,
-        calibration={"gender": gender_calibration, "age": age_calibration},
+        calibration=calibrations,
         batch_size=settings.batch_size,
         workers=settings.workers,
         worker_networks_from=settings.worker_networks_from,
@@ -81,7 +80,7 @@ def annotate_photos(
         return {}
     max_pixels = ImageSpec.from_params(inference_settings["image"]).max_pixels
     pictures: dict[str, Image.Image] = {}
-    for photo in annotated_photos(predictions, photos, set(), max_pixels):
+    for photo in annotated_photos(predictions, photos, set(), face_label, max_pixels):
         if photo.picture is None:
             logger.warning("%s not annotated: %s", photo.file, photo.reason)
         else:

@@ -1,8 +1,10 @@
-"""Predict pipeline: photos -> faces -> gender and age, with the saved models."""
+"""Predict pipeline: photos -> faces -> each task's answer, with the saved models."""
+
+from collections.abc import Sequence
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipeline.inference.packaging import log_face_model, register_models
+from face_pipeline.inference.packaging import PACKAGED_PARTS, log_face_model, register_models
 from face_pipeline.inference.photos import inference_settings
 
 from .nodes import annotate_photos, predict_faces
@@ -15,12 +17,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 predict_faces,
                 [
                     "predict_photos",
-                    "predict_gender_model",
-                    "predict_age_model",
-                    "predict_gender_calibration",
-                    "predict_age_calibration",
-                    "predict_gender_head",
-                    "predict_age_head",
+                    "predict_models",
+                    "predict_calibrations",
+                    "predict_heads",
                     "inference_settings",
                     "params:predict",
                 ],
@@ -51,26 +50,21 @@ def create_settings_pipeline(**kwargs) -> Pipeline:
     )
 
 
-def create_packaging_pipeline(**kwargs) -> Pipeline:
-    """Bundle both trained networks with detection and preprocessing as the MLflow model ``face_model``,
-    the model card (``model_card``) with them."""
+def create_packaging_pipeline(tasks: Sequence[str], **kwargs) -> Pipeline:
+    """Bundle each task's trained network (with its calibration, embedding head and combination)
+    with detection and preprocessing as the MLflow model ``face_model``, the model card
+    (``model_card``) with them; then register them where ``registry.register`` says so."""
+    parts = {f"{task}_{part}": f"{task}.{part}" for task in tasks for part in PACKAGED_PARTS}
     return Pipeline(
         [
             Node(
                 log_face_model,
-                [
-                    "gender.model",
-                    "age.model",
-                    "inference_settings",
-                    "gender.calibration",
-                    "age.calibration",
-                    "gender.head",
-                    "age.head",
-                    "gender.combination",
-                    "age.combination",
-                    "params:predict",
-                    "model_card",
-                ],
+                {
+                    "inference_settings": "inference_settings",
+                    "predict": "params:predict",
+                    "model_card": "model_card",
+                    **parts,
+                },
                 "face_model_uri",
                 name="log_face_model",
             ),
