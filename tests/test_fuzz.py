@@ -34,6 +34,7 @@ def ingestion_params(folder) -> dict:
         "workers": 1,
         "chunk_size": 16,
         "refuse_outside_links": True,
+        "split": {"fractions": {"train": 0.8, "val": 0.1, "test": 0.1}},
     }
 
 

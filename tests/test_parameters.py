@@ -142,3 +142,16 @@ def test_model_card_and_sample_settings_are_checked(parameters):
         check_parameters(misspelt(parameters, "ingestion.max_images", 0))
     with pytest.raises(ConfigError, match=r"'profil' in parameters 'run'"):
         check_parameters(misspelt(parameters, "run.profil", "quick"))
+
+
+def test_a_block_built_as_kedro_builds_a_typed_parameter_is_the_checked_one(parameters):
+    """Kedro's own parameter validation builds a dataclass with ``Settings(**block)``: the same
+    object as ``from_params``, nested blocks read and values checked."""
+    for settings in (IngestionSettings, PreprocessingSettings, PredictSettings):
+        block = settings.__name__.removesuffix("Settings").lower()
+        assert settings(**parameters[block]) == settings.from_params(parameters[block])
+    assert PredictSettings(**parameters["predict"]).detection.mode == "auto"
+    with pytest.raises(ConfigError, match=r"predict\.mode must be one of"):
+        PredictSettings(**{**parameters["predict"], "mode": "slow"})
+    with pytest.raises(ConfigError, match=r"ingestion\.labels\.source must be one of"):
+        IngestionSettings(**{**parameters["ingestion"], "labels": {"source": "csv"}})

@@ -10,7 +10,7 @@ being ignored or failing an hour in.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from face_pipeline.config import ConfigError, check_keys, read_block, require_choice, require_range
@@ -37,9 +37,21 @@ class SplitSettings:
     age_bands: tuple[int, ...] = (13, 20, 40, 60)
 
 
+def _nested(settings: Any, name: str, read: Any) -> None:
+    """``settings.<name>`` read into its block type (``read(mapping)``) where it is still a mapping."""
+    value = getattr(settings, name)
+    if value is None or not isinstance(value, Mapping):
+        return
+    object.__setattr__(settings, name, read(value))
+
+
 @dataclass(frozen=True)
 class IngestionSettings:
-    """``ingestion`` (and ``external_ingestion``, ``finetune_ingestion``): which images, which labels, the split."""
+    """``ingestion`` (and ``external_ingestion``, ``finetune_ingestion``): which images, which labels, the split.
+
+    Nodes take it typed: Kedro builds it from the block (``IngestionSettings(**block)``), and
+    ``__post_init__`` reads the nested blocks and checks every value, as ``from_params`` does.
+    """
 
     raw_dir: str
     labels: LabelSource
@@ -52,39 +64,44 @@ class IngestionSettings:
     refuse_outside_links: bool = False  # a folder not trusted: links out of it are reported, never read
     max_images: int | None = None  # a sample of at most this many image files; None = every file
 
+    def __post_init__(self) -> None:
+        block = "ingestion"
+        _nested(self, "labels", lambda values: read_block(LabelSource, values, f"{block}.labels"))
+        _nested(self, "split", lambda values: read_block(SplitSettings, values, f"{block}.split"))
+        if not isinstance(self.refuse_outside_links, bool):
+            raise ConfigError(f"{block}.refuse_outside_links must be true or false; got {self.refuse_outside_links!r}")
+        require_choice(self.labels.source, LABEL_SOURCES, f"{block}.labels.source")
+        check_keys(self.split.fractions, {"train", "val", "test"}, f"{block}.split.fractions")
+        if self.max_images is not None:
+            require_range(self.max_images, f"{block}.max_images", at_least=1)
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "ingestion") -> IngestionSettings:
-        values = check_keys(params, cls.__dataclass_fields__, block)
-        refuse = values.get("refuse_outside_links", False)
-        if not isinstance(refuse, bool):
-            raise ConfigError(f"{block}.refuse_outside_links must be true or false; got {refuse!r}")
-        labels = read_block(LabelSource, values.get("labels"), f"{block}.labels")
-        require_choice(labels.source, LABEL_SOURCES, f"{block}.labels.source")
-        split = read_block(SplitSettings, values.get("split"), f"{block}.split")
-        check_keys(split.fractions, {"train", "val", "test"}, f"{block}.split.fractions")
-        if values.get("max_images") is not None:
-            require_range(values["max_images"], f"{block}.max_images", at_least=1)
-        return read_block(cls, {**values, "labels": labels, "split": split}, block)
+        return read_block(cls, params, block)
 
 
 @dataclass(frozen=True)
 class PreprocessingSettings:
-    """``preprocessing`` (and ``external_preprocessing``, ``finetune_preprocessing``): images to arrays."""
+    """``preprocessing`` (and ``external_preprocessing``, ``finetune_preprocessing``): images to arrays.
+    Built by Kedro from the block for the nodes that take it typed (see ``IngestionSettings``)."""
 
-    image: ImageSpec
+    image: ImageSpec = field(default_factory=ImageSpec)
     workers: int | None = None
     chunk_size: int = CHUNK_SIZE
     shard_images: int = SHARD_ROWS
     scheduler: str | None = None  # a Dask scheduler's address: decode on its workers
     detection: DetectionSettings | None = None  # photos, not chips: find and align the face first
 
+    def __post_init__(self) -> None:
+        _nested(self, "image", lambda values: ImageSpec.from_params(values, "preprocessing.image"))
+        if isinstance(self.detection, Mapping) and not self.detection:
+            object.__setattr__(self, "detection", None)
+        _nested(self, "detection", lambda values: DetectionSettings.from_params(values, "preprocessing.detection"))
+        require_range(self.shard_images, "preprocessing.shard_images", at_least=1)
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "preprocessing") -> PreprocessingSettings:
-        values = check_keys(params, cls.__dataclass_fields__, block)
-        values["image"] = ImageSpec.from_params(values.get("image") or {}, f"{block}.image")
-        if values.get("detection"):
-            values["detection"] = DetectionSettings.from_params(values["detection"], f"{block}.detection")
-        return read_block(cls, values, block)
+        return read_block(cls, params, block)
 
 
 @dataclass(frozen=True)
@@ -127,29 +144,31 @@ class RunSettings:
         return read_block(cls, params, block)
 
 
-# Keys of ``predict`` that only ``--params`` sets: the catalog reads them (``runtime_params``).
-PREDICT_RUNTIME_KEYS = ("input_path", "models", "refuse_outside_links")
-
-
 @dataclass(frozen=True)
 class PredictSettings:
-    """``predict``: how photos are read, searched for faces and batched."""
+    """``predict``: how photos are read, searched for faces and batched, and in which mode the
+    networks answer. ``input_path``, ``models`` and ``refuse_outside_links`` are set on the
+    command line only (``--params``; the catalog reads them). Built by Kedro from the block for
+    the nodes that take it typed (see ``IngestionSettings``)."""
 
-    detection: DetectionSettings
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
     batch_size: int = BATCH_SIZE
     workers: int | None = None
     worker_networks_from: int = WORKER_NETWORKS_FROM
     annotate: bool = False
     mode: str = PREDICT_MODES[0]
+    input_path: str | None = None
+    models: Mapping[str, str] | None = None
+    refuse_outside_links: bool | None = None
+
+    def __post_init__(self) -> None:
+        _nested(self, "detection", lambda values: DetectionSettings.from_params(values, "predict.detection"))
+        require_choice(self.mode, PREDICT_MODES, "predict.mode")
+        require_range(self.batch_size, "predict.batch_size", at_least=1)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], block: str = "predict") -> PredictSettings:
-        values = check_keys(params, {*cls.__dataclass_fields__, *PREDICT_RUNTIME_KEYS}, block)
-        values = {key: value for key, value in values.items() if key not in PREDICT_RUNTIME_KEYS}
-        values["detection"] = DetectionSettings.from_params(values.get("detection") or {}, f"{block}.detection")
-        settings = read_block(cls, values, block)
-        require_choice(settings.mode, PREDICT_MODES, f"{block}.mode")
-        return settings
+        return read_block(cls, params, block)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,8 @@ import pandas as pd
 from face_pipeline.datasets.folders import Refused, outside_folder
 from face_pipeline.imaging.decoding import IMAGE_EXTENSIONS, ImageRejected, inspect_image, is_image_file
 from face_pipeline.labels import GENDERS, RACES, SPLITS
-from face_pipeline.ops.parallel import CHUNK_SIZE, map_chunks
+from face_pipeline.ops.parallel import map_chunks
+from face_pipeline.parameters import IngestionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -52,32 +53,33 @@ def _inspect_chunk(items: Sequence[tuple[str, Callable[[], bytes]]], max_pixels:
     return rows
 
 
-def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str, Any]) -> pd.DataFrame:
+def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: Mapping[str, Any]) -> pd.DataFrame:
     """One row per file in the raw folder: checksum, size, mode, or why it is unusable.
 
     Files without an image extension are listed too (reason ``not an image
     extension``), except the label manifest itself.
     """
-    manifest_file = params["labels"].get("manifest_file") if params["labels"]["source"] == "manifest" else None
-    raw_dir = str(params["raw_dir"])
+    settings = IngestionSettings.from_params(params)
+    manifest_file = settings.labels.manifest_file if settings.labels.source == "manifest" else None
+    raw_dir = str(settings.raw_dir)
     # Links are followed unless the folder is not trusted: then one out of it is reported, never read.
     outside = set()
-    if params.get("refuse_outside_links", False):
+    if settings.refuse_outside_links:
         outside = {pid for pid in raw_images if outside_folder(raw_dir, f"{raw_dir}/{pid}")}
     # What the listing did not follow (a folder link in a loop) reports itself.
     refused = {pid: load for pid, load in raw_images.items() if isinstance(load, Refused) and pid not in outside}
     listed = {pid: load for pid, load in raw_images.items() if pid not in outside and pid not in refused}
-    images = sample_images(sorted((pid, load) for pid, load in listed.items() if is_image_file(pid)), params)
+    images = sample_images(sorted((pid, load) for pid, load in listed.items() if is_image_file(pid)), settings)
     others = sorted(pid for pid in listed if not is_image_file(pid) and pid != manifest_file)
     rows: list[dict] = []
     for _, chunk_rows in map_chunks(
         _inspect_chunk,
         images,
-        workers=params.get("workers"),
-        chunk_size=params.get("chunk_size", CHUNK_SIZE),
-        scheduler=params.get("scheduler"),
+        workers=settings.workers,
+        chunk_size=settings.chunk_size,
+        scheduler=settings.scheduler,
         description="Inspecting images",
-        max_pixels=params["max_pixels"],
+        max_pixels=settings.max_pixels,
     ):
         rows.extend(chunk_rows)
     rows.extend(
@@ -105,14 +107,14 @@ def inspect_images(raw_images: dict[str, Callable[[], bytes]], params: dict[str,
     )
 
 
-def sample_images(images: list[tuple[str, Any]], params: dict[str, Any]) -> list[tuple[str, Any]]:
+def sample_images(images: list[tuple[str, Any]], settings: IngestionSettings) -> list[tuple[str, Any]]:
     """At most ``max_images`` of ``images`` (``(id, load)`` pairs, sorted), chosen by a hash of each id
     and the split seed: the same folder always gives the same sample, and a larger sample holds a
     smaller one. The others are never read. All of them when ``max_images`` is None."""
-    limit = params.get("max_images")
+    limit = settings.max_images
     if limit is None or len(images) <= limit:
         return images
-    draw = stable_uniform(pd.Series([pid for pid, _ in images]), f"sample-{params['split']['seed']}")
+    draw = stable_uniform(pd.Series([pid for pid, _ in images]), f"sample-{settings.split.seed}")
     kept = np.sort(np.argsort(draw, kind="stable")[: int(limit)])
     logger.warning(
         "A sample of %d of the %d image files (ingestion.max_images): the others are not read", len(kept), len(images)
@@ -176,18 +178,19 @@ def _read_label_manifest(raw_images: dict[str, Callable[[], bytes]], manifest_fi
 
 
 def label_images(
-    image_inspection: pd.DataFrame, raw_images: dict[str, Callable[[], bytes]], params: dict[str, Any]
+    image_inspection: pd.DataFrame, raw_images: dict[str, Callable[[], bytes]], params: Mapping[str, Any]
 ) -> pd.DataFrame:
     """Add ``age``, ``gender``, ``race`` from file names or a CSV/Parquet manifest.
 
     Rows whose labels are missing or invalid get a rejection ``reason``.
     """
-    source = params["labels"]["source"]
+    settings = IngestionSettings.from_params(params)
+    source = settings.labels.source
     if source not in ("filename", "manifest"):
         raise ValueError(f"ingestion.labels.source must be 'filename' or 'manifest', got {source!r}")
-    manifest_file = params["labels"]["manifest_file"]
-    raw_dir = str(params["raw_dir"])
-    refuse = params.get("refuse_outside_links", False)
+    manifest_file = settings.labels.manifest_file
+    raw_dir = str(settings.raw_dir)
+    refuse = settings.refuse_outside_links
     if source == "manifest" and refuse and outside_folder(raw_dir, f"{raw_dir}/{manifest_file}"):
         raise ValueError(
             f"label manifest {manifest_file!r} links to a file outside {raw_dir}, and links out of "
@@ -205,8 +208,8 @@ def label_images(
                 elif row["image_id"] in manifest.index:
                     raw = manifest.loc[row["image_id"]].to_dict()
                 else:
-                    raise ImageRejected("no label in manifest", f"{params['labels']['manifest_file']} has no row")
-                labels = check_labels(raw["age"], raw["gender"], raw.get("race"), params["age_range"])
+                    raise ImageRejected("no label in manifest", f"{settings.labels.manifest_file} has no row")
+                labels = check_labels(raw["age"], raw["gender"], raw.get("race"), settings.age_range)
             except ImageRejected as exc:
                 labelled.loc[index, ["reason", "detail"]] = [exc.reason, exc.detail]
         ages.append(labels["age"])
@@ -222,13 +225,14 @@ def label_images(
     return labelled
 
 
-def select_usable_images(labelled_images: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select_usable_images(labelled_images: pd.DataFrame, params: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split inspected files into usable images and a rejection report.
 
     Exact duplicates (same bytes) keep the first file by name and reject the
     others naming it; when the copies disagree on age or gender no copy can be
     trusted and all are rejected. Fails only when no usable image is left.
     """
+    settings = IngestionSettings.from_params(params)
     table = labelled_images.sort_values("image_id", kind="stable").reset_index(drop=True)
     ok = table["reason"].isna()
     copies = table[ok].groupby("sha1")
@@ -243,7 +247,7 @@ def select_usable_images(labelled_images: pd.DataFrame, params: dict[str, Any]) 
     table.loc[plain_repeats[plain_repeats].index, "reason"] = "duplicate"
     table.loc[plain_repeats[plain_repeats].index, "detail"] = "same bytes as " + first_id[plain_repeats]
 
-    raw_dir = str(params["raw_dir"]).rstrip("/")
+    raw_dir = str(settings.raw_dir).rstrip("/")
     table["path"] = raw_dir + "/" + table["image_id"]
     usable = table[table["reason"].isna()].drop(columns=["reason", "detail"]).reset_index(drop=True)
     rejected = table[table["reason"].notna()][REJECTED_COLUMNS].reset_index(drop=True)
@@ -278,7 +282,7 @@ def stable_uniform(keys: pd.Series, seed: int | str) -> np.ndarray:
     )
 
 
-def assign_splits(usable_images: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+def assign_splits(usable_images: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
     """Deterministic train/val/test assignment, stratified by gender and age band.
 
     Each image gets a number in [0, 1) from a hash of its id and the seed.
@@ -290,14 +294,15 @@ def assign_splits(usable_images: pd.DataFrame, params: dict[str, Any]) -> pd.Dat
     images only moves the few images that sit at a stratum's split boundary;
     every other image keeps its split.
     """
-    split_params = params["split"]
-    fractions = split_params["fractions"]
+    settings = IngestionSettings.from_params(params)
+    split_params = settings.split
+    fractions = split_params.fractions
     if set(fractions) != set(SPLITS) or not np.isclose(sum(fractions.values()), 1.0):
         raise ValueError(f"split.fractions needs train/val/test summing to 1, got {fractions}")
     bounds = np.cumsum([fractions[name] for name in SPLITS])
 
-    draw = pd.Series(stable_uniform(usable_images["image_id"], split_params["seed"]), index=usable_images.index)
-    strata = [usable_images["gender"], age_bands(usable_images["age"], split_params["age_bands"])]
+    draw = pd.Series(stable_uniform(usable_images["image_id"], split_params.seed), index=usable_images.index)
+    strata = [usable_images["gender"], age_bands(usable_images["age"], split_params.age_bands)]
     rank = draw.groupby(strata, observed=True).rank(method="first")
     size = draw.groupby(strata, observed=True).transform("size")
     position = (rank - 0.5) / size  # the image's quantile inside its stratum
@@ -310,9 +315,10 @@ def _counts(values: pd.Series) -> dict[str, int]:
     return {str(key): int(count) for key, count in values.value_counts(sort=False).sort_index().items()}
 
 
-def summarise_data(face_manifest: pd.DataFrame, rejected_images: pd.DataFrame, params: dict[str, Any]) -> dict:
+def summarise_data(face_manifest: pd.DataFrame, rejected_images: pd.DataFrame, params: Mapping[str, Any]) -> dict:
     """Counts per split, gender balance, age histogram, race counts, rejections."""
-    edges = params["split"]["age_bands"]
+    settings = IngestionSettings.from_params(params)
+    edges = settings.split.age_bands
     bands = age_bands(face_manifest["age"], edges)
     race_names = face_manifest["race"].map(dict(enumerate(RACES)), na_action="ignore").fillna("unknown")
 
@@ -328,7 +334,7 @@ def summarise_data(face_manifest: pd.DataFrame, rejected_images: pd.DataFrame, p
     return {
         "images": len(face_manifest),
         "rejected": len(rejected_images),
-        "max_images": params.get("max_images"),
+        "max_images": settings.max_images,
         "rejected_by_reason": _counts(rejected_images["reason"]),
         "splits": {name: describe(face_manifest[face_manifest["split"] == name]) for name in SPLITS},
         "gender": _counts(face_manifest["gender"].map(dict(enumerate(GENDERS)))),

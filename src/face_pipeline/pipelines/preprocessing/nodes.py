@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from face_pipeline.datasets.array_files import ShardedArrayDataset
-from face_pipeline.datasets.arrays import SHARD_ROWS, ArrayStream, ShardedArray
+from face_pipeline.datasets.arrays import ArrayStream, ShardedArray
 from face_pipeline.imaging.decoding import ImageRejected, ImageSpec, decode_face
 from face_pipeline.imaging.detection import DetectionSettings
 from face_pipeline.inference.photos import prepare_photo
-from face_pipeline.ops.parallel import CHUNK_SIZE, map_chunks
+from face_pipeline.ops.parallel import map_chunks
+from face_pipeline.parameters import PreprocessingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +54,19 @@ def _decode_chunk(
 def decode_split(
     face_manifest: pd.DataFrame,
     raw_images: dict[str, Callable[[], bytes]],
-    params: dict[str, Any],
+    params: Mapping[str, Any],
     split: str,
 ) -> ArrayStream:
-    """Images of one split as uint8 shards of at most ``params.shard_images`` rows, decoded as the
+    """Images of one split as uint8 shards of at most ``shard_images`` rows, decoded as the
     stream is saved (``ShardedArrayDataset``), so the split is never whole in memory.
 
-    Images that fail to decode now (changed since ingestion), or in which ``params.detection``
+    Images that fail to decode now (changed since ingestion), or in which ``detection``
     finds no face, are left out chunk by chunk; once every shard is written, the stream's
     ``attrs["failures"]`` holds ``[position in the split, reason, detail]`` for each of them
     (``split_labels`` turns it into the row-aligned labels and the failure report).
     """
-    spec = ImageSpec.from_params(params["image"])
-    detection = DetectionSettings.from_params(params["detection"]) if params.get("detection") else None
+    settings = PreprocessingSettings.from_params(params)
+    spec, detection = settings.image, settings.detection
     rows = face_manifest[face_manifest["split"] == split].reset_index(drop=True)
     missing = sorted(set(rows["image_id"]) - set(raw_images))
     if missing:
@@ -77,15 +78,15 @@ def decode_split(
     chunks = map_chunks(
         _decode_chunk,
         [raw_images[image_id] for image_id in rows["image_id"]],
-        workers=params.get("workers"),
-        chunk_size=params.get("chunk_size", CHUNK_SIZE),
-        scheduler=params.get("scheduler"),
+        workers=settings.workers,
+        chunk_size=settings.chunk_size,
+        scheduler=settings.scheduler,
         description=f"Decoding {split} images",
         spec=spec,
         detection=detection,
     )
     kept = _without_failures(chunks, failures, split)
-    shards = _in_shards(kept, params.get("shard_images", SHARD_ROWS), (0, *spec.shape))
+    shards = _in_shards(kept, settings.shard_images, (0, *spec.shape))
     return ArrayStream(shards, {"failures": failures})
 
 
@@ -165,7 +166,7 @@ def report_failures(*failures: pd.DataFrame) -> pd.DataFrame:
 def preprocess_split(
     face_manifest: pd.DataFrame,
     raw_images: dict[str, Callable[[], bytes]],
-    params: dict[str, Any],
+    params: Mapping[str, Any],
     split: str,
     filepath: str,
 ) -> tuple[ShardedArray, pd.DataFrame, pd.DataFrame]:
