@@ -120,3 +120,19 @@ print(sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow"
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+KEDRO_FILES = {"__init__.py", "__main__.py", "settings.py", "pipeline_registry.py"}
+
+
+def test_modules_stay_readable_and_the_top_of_the_package_short():
+    """A module is at most 350 lines, and the top of the package holds Kedro's own files and at
+    most 8 modules besides: the rest lives in the folders that show the design."""
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 350
+    }
+    assert not long, long
+    top = sorted(path.name for path in PACKAGE.glob("*.py") if path.name not in KEDRO_FILES)
+    assert len(top) <= 8, top

@@ -20,8 +20,9 @@ from face_pipeline.commands.console import cli
 from face_pipeline.imaging.decoding import ImageSpec
 from face_pipeline.imaging.detection import DetectionSettings
 from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor
+from face_pipeline.scoring.answers import served_output
 from face_pipeline.scoring.scores import gender_scores
-from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, register, served_output, unregister
+from face_pipeline.tasks import GENDER, TASKS, Task, gender_metrics, register, unregister
 
 
 def adult_head(features, loss=None):

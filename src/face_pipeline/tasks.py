@@ -18,15 +18,23 @@ import pandas as pd
 
 from face_pipeline.config import ConfigError
 from face_pipeline.labels import AGE_BINS, GENDERS
+from face_pipeline.scoring.answers import (
+    age_columns,
+    age_text,
+    calibrated_gender,
+    distribution_output,
+    gender_columns,
+    gender_label,
+    gender_text,
+    is_missing,
+    served_output,
+)
 from face_pipeline.scoring.calibration import (
     accuracy_at_coverage,
-    age_range,
-    confidence,
     expected_calibration_error,
     fit_age_range,
     fit_temperature,
     range_scores,
-    scale_temperature,
 )
 from face_pipeline.scoring.plots import (
     plot_age_ranges,
@@ -99,7 +107,7 @@ class Task:
         if custom is not None:
             return custom(row)
         value = row.get(self.name)
-        return None if _missing(value) else f"{self.name} {value}"
+        return None if is_missing(value) else f"{self.name} {value}"
 
     def targets(self, labels: pd.DataFrame) -> np.ndarray:
         """The task's target per row of a labels table: the column of its name, or ``label(labels)``."""
@@ -116,16 +124,6 @@ class Task:
         if name not in self.losses:
             raise ValueError(f"loss for {self.name} must be one of {sorted(self.losses)}, got {name!r}")
         return self.losses[name]()
-
-
-def served_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The one value per image among a network's outputs (``network_outputs``), not its distribution."""
-    return next(values for values in outputs.values() if np.ndim(values) == 1)
-
-
-def distribution_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The distribution (several values per image) among a network's outputs, if it has one."""
-    return next((values for values in outputs.values() if np.ndim(values) == 2), None)
 
 
 def required_setting(settings: Mapping[str, Any], key: str, task: str) -> Any:
@@ -158,27 +156,6 @@ def calibrate_gender(outputs: Mapping[str, np.ndarray], targets: np.ndarray, set
     return {"method": method, "temperature": temperature, "uncertain_below": float(uncertain_below)}
 
 
-def calibrated_gender(probability: np.ndarray, calibration: Mapping[str, Any]) -> np.ndarray:
-
-    return scale_temperature(probability, calibration.get("temperature", 1.0))
-
-
-def gender_uncertain(female_probability: np.ndarray, calibration: Mapping[str, Any]) -> np.ndarray:
-    """Faces whose answer is less likely than ``uncertain_below`` to be right (none without a calibration)."""
-
-    return confidence(female_probability) < float(calibration.get("uncertain_below", 0.0))
-
-
-def gender_columns(outputs: Mapping[str, np.ndarray], calibration: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    # Rounded first, so that the flag agrees with the probability the user reads.
-    female_probability = np.round(calibrated_gender(np.asarray(served_output(outputs), np.float64), calibration), 4)
-    return {
-        "gender": np.where(female_probability >= 0.5, GENDERS[1], GENDERS[0]).astype(object),
-        "female_probability": female_probability,
-        "gender_uncertain": gender_uncertain(female_probability, calibration),
-    }
-
-
 def gender_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
     """Calibration error before and after calibration, accuracy of the 90 % most confident answers,
     and the share marked uncertain with the accuracy on the rest."""
@@ -193,38 +170,6 @@ def gender_answer_scores(table: pd.DataFrame) -> dict[str, Any]:
         "uncertain_share": float((~answered).mean()) if len(table) else None,
         "accuracy_when_certain": float(correct[answered].mean()) if answered.any() else None,
     }
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
-
-
-def gender_text(row: Mapping[str, Any]) -> str | None:
-    """``female (P(female) 0.64, uncertain)``."""
-    if _missing(row.get("gender")):
-        return None
-    doubt = ", uncertain" if not _missing(row.get("gender_uncertain")) and bool(row["gender_uncertain"]) else ""
-    return f"{row['gender']} (P(female) {float(row['female_probability']):.2f}{doubt})"
-
-
-def gender_label(row: Mapping[str, Any]) -> str | None:
-    """``F 0.97``: the initial (``?`` after it when uncertain) and the probability of that answer."""
-    if _missing(row.get("gender")):
-        return None
-    probability = float(row["female_probability"])
-    answered = probability if row["gender"] == "female" else 1 - probability
-    doubt = "?" if not _missing(row.get("gender_uncertain")) and bool(row["gender_uncertain"]) else ""
-    return f"{str(row['gender'])[0].upper()}{doubt} {answered:.2f}"
-
-
-def age_text(row: Mapping[str, Any], short: bool = False) -> str | None:
-    """``age 28.6 (20-38)`` (``short``: ``29 (20-38)``)."""
-    if _missing(row.get("age")):
-        return None
-    text = f"{float(row['age']):.0f}" if short else f"age {float(row['age']):.1f}"
-    if not _missing(row.get("age_low")) and not _missing(row.get("age_high")):
-        text += f" ({float(row['age_low']):.0f}-{float(row['age_high']):.0f})"
-    return text
 
 
 GENDER = Task(
@@ -314,13 +259,6 @@ def calibrate_age(outputs: Mapping[str, np.ndarray], targets: np.ndarray, settin
 
     level, bands = (required_setting(settings, key, "age") for key in ("level", "bands"))
     return fit_age_range(served_output(outputs), distribution_output(outputs), AGE_BINS, targets, level, bands)
-
-
-def age_columns(outputs: Mapping[str, np.ndarray], calibration: Mapping[str, Any]) -> dict[str, np.ndarray]:
-
-    years = np.asarray(served_output(outputs), dtype=np.float64)
-    low, high = age_range(years, distribution_output(outputs), AGE_BINS, calibration)
-    return {"age": np.round(np.clip(years, 0, None), 1), "age_low": low, "age_high": high}
 
 
 def age_answer_scores(table: pd.DataFrame) -> dict[str, Any]:

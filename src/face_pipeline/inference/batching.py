@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from face_pipeline.tasks import served_output
+from face_pipeline.scoring.answers import served_output
 
 logger = logging.getLogger(__name__)
 

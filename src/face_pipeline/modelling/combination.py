@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from face_pipeline.tasks import Task, distribution_output, served_output
+from face_pipeline.scoring.answers import distribution_output, served_output
+from face_pipeline.tasks import Task
 
 WEIGHT_GRID = np.round(np.linspace(0, 1, 21), 2)
 

@@ -1,1 +1,1 @@
-"""How answers are scored: losses, calibration, bootstrap intervals."""
+"""How answers are scored and given: losses, scores, calibration, bootstrap intervals, plots, answer columns."""

@@ -14,8 +14,9 @@ from face_pipeline.inference.batching import network_outputs
 from face_pipeline.labels import GENDERS, RACES
 from face_pipeline.parameters import EvaluationSettings
 from face_pipeline.pipelines.ingestion.nodes import age_bands
+from face_pipeline.scoring.answers import served_output
 from face_pipeline.scoring.scores import age_scores, gender_scores
-from face_pipeline.tasks import get_task, served_output
+from face_pipeline.tasks import get_task
 
 __all__ = ["age_scores", "gender_scores"]  # the tasks' scores, where evaluation's readers look for them
 

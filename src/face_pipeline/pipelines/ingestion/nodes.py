@@ -186,8 +186,6 @@ def label_images(
     """
     settings = IngestionSettings.from_params(params)
     source = settings.labels.source
-    if source not in ("filename", "manifest"):
-        raise ValueError(f"ingestion.labels.source must be 'filename' or 'manifest', got {source!r}")
     manifest_file = settings.labels.manifest_file
     raw_dir = str(settings.raw_dir)
     refuse = settings.refuse_outside_links
