@@ -8,7 +8,6 @@ uploads the astronaut photo and a text file named `.jpg`, and keeps its screensh
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from PIL import Image
 from skimage import data
 from small_models import save_small_models
 
+from face_pipeline.ops.processes import free_port
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).parent / "out" / "demo.png"
 pytestmark = [
@@ -30,12 +31,6 @@ pytestmark = [
 
 
 CONSOLE = "from face_pipeline.commands.console import main; main()"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

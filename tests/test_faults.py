@@ -8,7 +8,6 @@ import contextlib
 import errno
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from face_pipeline.datasets.array_files import NumpyDataset, ShardedArrayDataset
 from face_pipeline.hooks import TrainingInProgress, lock_folder
 from face_pipeline.modelling.builders import build_model
 from face_pipeline.ops.files import partial_name, written_atomically
+from face_pipeline.ops.processes import free_port
 from face_pipeline.ops.tracking import TrackingStoreUnavailable, check_tracking_store
 
 pytestmark = pytest.mark.integration
@@ -97,12 +97,6 @@ def test_a_failure_while_writing_removes_the_partial_file(tmp_path):
         Path(partial).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert os.listdir(tmp_path) == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_an_unreachable_tracking_server_is_named_without_its_credentials(tmp_path):

@@ -4,7 +4,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from face_pipeline.commands.console import cli
 from face_pipeline.inference.loading import load_calibration, load_inference_settings, load_keras_model
 from face_pipeline.inference.packaging import log_face_model, pinned_requirements, register_models
 from face_pipeline.inference.predictor import FacePredictor
+from face_pipeline.ops.processes import free_port
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,6 @@ def test_served_model_in_process(face_model_uri):
     for bad, message in [("%%%", "not valid base64"), (b64(b"hello"), "not an image"), ("", "empty")]:
         with pytest.raises(mlflow.exceptions.MlflowException, match=message):
             model.predict(pd.DataFrame({"image": [bad]}))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_mlflow_models_serve_end_to_end(face_model_uri):
