@@ -9,8 +9,9 @@
 - ``viz``: Kedro-Viz's static build of the ``__default__`` pipeline, its tour dismissed and the
   graph fitted to the frame, the ``gender`` and ``age`` training namespaces visible (``kedro_viz.png``);
 - ``mlflow``: MLflow's run comparison of the newest finished ``seed`` and ``default`` runs of
-  ``--store`` (``make bench-train`` logs both profiles to ``bench/out/mlflow.db``), scrolled to
-  the test metrics (``mlflow_compare.png``).
+  ``--store`` (``make bench-train`` logs both profiles to ``bench/out/mlflow.db``), its plot set
+  to the architecture, the epochs run, both tasks' test metrics and the run's minutes, the run
+  names below it (``mlflow_compare.png``).
 
 Needs Debian's Chromium (``apt-get install chromium``) and Playwright (the ``dev`` extra); no
 browser is downloaded. Only public-domain photos are shown: never UTKFace or All-Age-Faces faces.
@@ -24,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +34,13 @@ from pathlib import Path
 
 import requests
 
+from face_pipeline.ops.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ENVIRONMENT = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -156,6 +152,11 @@ def viz() -> None:
         page.screenshot(path=str(IMAGES / "kedro_viz.png"))
 
 
+# What the MLflow comparison plots: how the profiles differ, then what they scored and took.
+COMPARED_PARAMETERS = ("gender.model.architecture", "gender.decided.epochs_run", "age.decided.epochs_run")
+COMPARED_METRICS = ("gender.test_accuracy", "age.test_mae", "run_minutes")
+
+
 def mlflow_compare(store: str) -> None:
     import mlflow  # noqa: PLC0415
 
@@ -165,7 +166,8 @@ def mlflow_compare(store: str) -> None:
     for profile in ("default", "seed"):
         found = mlflow.search_runs(
             experiment_names=["face_pipeline"],
-            filter_string=f"{finished} and tags.profile = '{profile}' and metrics.`gender.test_accuracy` >= 0",
+            filter_string=f"{finished} and tags.profile = '{profile}' and tags.`mlflow.runName` LIKE '__default__%' "
+            "and metrics.`gender.test_accuracy` >= 0",
             order_by=["start_time DESC"],
             max_results=1,
             output_format="list",
@@ -178,11 +180,21 @@ def mlflow_compare(store: str) -> None:
     with serving([*command, "--port", str(port)], f"http://127.0.0.1:{port}/health") as _:
         ids = json.dumps([run.info.run_id for run in runs], separators=(",", ":"))
         url = f'http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments=["{runs[0].info.experiment_id}"]'
-        with browser_page(1400, 1100) as page:
+        with browser_page(1400, 1000) as page:
             page.goto(url)
-            page.get_by_text("gender.test_accuracy").first.wait_for(timeout=60_000)
-            page.get_by_text("gender.test_accuracy").first.scroll_into_view_if_needed()
-            page.wait_for_timeout(1000)
+            page.get_by_text("Run details").first.wait_for(timeout=60_000)
+            page.get_by_role("button", name="Close").click()  # the assistant pane
+            # The parallel-coordinates plot on what tells the profiles apart and what they scored.
+            page.get_by_role("button", name="Clear All").click()
+            choosers = page.locator("input[type=search]")
+            for index, names in enumerate((COMPARED_PARAMETERS, COMPARED_METRICS)):
+                for name in names:
+                    choosers.nth(index).click()
+                    choosers.nth(index).fill(name)
+                    page.wait_for_timeout(400)
+                    page.keyboard.press("Enter")
+                    page.keyboard.press("Escape")
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(IMAGES / "mlflow_compare.png"))
 
 
