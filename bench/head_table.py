@@ -1,7 +1,8 @@
 """The network, its embedding head and their mix side by side, as the evaluation wrote them.
 
     .venv/bin/kedro run                                              # trains, evaluates on the test split
-    EVAL_DATA_DIR=../shared/data/aaf_dev .venv/bin/kedro run --pipelines=evaluate_folder
+    EVAL_DATA_DIR=../shared/data/aaf_dev .venv/bin/kedro run --pipelines=evaluate_folder \
+        --params=external_ingestion.labels.source=manifest
     .venv/bin/python bench/head_table.py
 
 Reads ``data/08_reporting/<task>_head_comparison.csv`` (the test split) and

@@ -1,7 +1,8 @@
 """The README's results row of a run, made from its model card's figures and its MLflow run.
 
     make run                                                  # trains, evaluates, writes the card
-    EVAL_DATA_DIR=../shared/data/aaf_dev .venv/bin/kedro run --pipelines=evaluate_folder   # optional
+    EVAL_DATA_DIR=../shared/data/aaf_dev .venv/bin/kedro run --pipelines=evaluate_folder \
+        --params=external_ingestion.labels.source=manifest               # optional: labels.csv
     make reference-table                                      # prints the row
 
 Reads ``data/08_reporting/model_card.json`` (the headline figures the card prints, with their
