@@ -191,8 +191,8 @@ def mlflow_compare(store: str) -> None:
                 for name in names:
                     choosers.nth(index).click()
                     choosers.nth(index).fill(name)
-                    page.wait_for_timeout(400)
-                    page.keyboard.press("Enter")
+                    # The option of exactly that name (the card's node also logs ``parameters.<name>``).
+                    page.locator(f'[class*="select-item-option"][title="{name}"]').click()
                     page.keyboard.press("Escape")
             page.wait_for_timeout(1500)
             page.screenshot(path=str(IMAGES / "mlflow_compare.png"))
