@@ -83,6 +83,7 @@ def test_a_whole_run_is_tracked_in_mlflow(trained_project):
     assert params["gender.model.architecture"] == "default_cnn"
     assert params["gender.training.epochs"] == "1"
     assert params["preprocessing.image.size"] == "128"
+    assert not [name for name in params if name.startswith("parameters.")]  # each parameter logged once
     assert len(tags["data.manifest_sha1"]) == 40
     assert tags["data.images"] == "48"
     # What each training decided at run time, beside the configured parameters.

@@ -160,9 +160,11 @@ def test_the_card_of_a_run_with_another_folder_and_a_quick_profile():
 
 
 def test_describe_run_outside_mlflow_names_the_profile():
-    details = describe_run({"run": {"profile": "quick", "note": "a first look"}})
+    details = describe_run({"profile": "quick", "note": "a first look"}, gender={"architecture": "default_cnn"})
     assert (details["profile"], details["note"], details["run_id"]) == ("quick", "a first look", None)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", details["date"])
+    seed = {"architecture": "seed_cnn"}
+    assert describe_run({}, gender=seed, age=seed)["profile"] == "seed"  # named after the architectures
 
 
 def test_an_age_section_has_the_mae_interval_and_the_range_coverage():

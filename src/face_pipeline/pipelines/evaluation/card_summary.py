@@ -192,30 +192,32 @@ def summarise_folder_for_card(
     }
 
 
-def describe_run(parameters: dict[str, Any]) -> dict[str, Any]:
+def describe_run(run: dict[str, Any], **task_models: dict[str, Any]) -> dict[str, Any]:
     """The MLflow run writing the card (id, name, start, the tags ``git_commit`` and ``profile`` the
-    project's hook set) or, outside MLflow, the work tree's commit and the time now."""
+    project's hook set) or, outside MLflow, the work tree's commit and the time now. ``run`` is the
+    ``run`` block, ``task_models`` each task's ``model`` block (what the profile is named after):
+    only those, so that kedro-mlflow logs no parameter twice."""
     import mlflow  # noqa: PLC0415
 
     from face_pipeline.ops.tracking import git_commit  # noqa: PLC0415
     from face_pipeline.parameters import profile_name  # noqa: PLC0415
 
-    run = mlflow.active_run()
+    active = mlflow.active_run()
     details = {
-        "profile": profile_name(parameters),
-        "note": RunSettings.from_params(parameters.get("run") or {}).note,
+        "profile": profile_name({"run": run, **{task: {"model": model} for task, model in task_models.items()}}),
+        "note": RunSettings.from_params(run or {}).note,
         "run_id": None,
         "run_name": None,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": None,
     }
-    if run is not None:
-        run = mlflow.get_run(run.info.run_id)  # the tags set since the run started
+    if active is not None:
+        logged = mlflow.get_run(active.info.run_id)  # the tags set since the run started
         details |= {
-            "run_id": run.info.run_id,
-            "run_name": run.data.tags.get("mlflow.runName") or run.info.run_name,
-            "date": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "git_commit": run.data.tags.get("git_commit"),
+            "run_id": logged.info.run_id,
+            "run_name": logged.data.tags.get("mlflow.runName") or logged.info.run_name,
+            "date": datetime.fromtimestamp(logged.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "git_commit": logged.data.tags.get("git_commit"),
         }
     details["git_commit"] = details["git_commit"] or git_commit(Path.cwd())
     return details

@@ -188,7 +188,12 @@ def create_card_pipeline(tasks: Sequence[str], folder_scope: str | None = None) 
     return Pipeline(
         [
             *sections,
-            Node(describe_run, "parameters", "run_details", name="describe_run"),
+            Node(
+                describe_run,
+                {"run": "params:run", **{task: f"params:{task}.model" for task in tasks}},
+                "run_details",
+                name="describe_run",
+            ),
             Node(
                 write_model_card,
                 [
