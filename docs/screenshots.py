@@ -191,7 +191,7 @@ def mlflow_compare(store: str) -> None:
                 for name in names:
                     choosers.nth(index).click()
                     choosers.nth(index).fill(name)
-                    # The option of exactly that name (runs before 2026-12-07 also hold ``parameters.<name>``).
+                    # The option of exactly that name (older runs also hold ``parameters.<name>``).
                     page.locator(f'[class*="select-item-option"][title="{name}"]').click()
                     page.keyboard.press("Escape")
             page.wait_for_timeout(1500)
