@@ -17,7 +17,7 @@ from face_pipeline.imaging.detection import DetectionSettings, face_chip, find_f
 from face_pipeline.inference.batching import predict_in_batches
 from face_pipeline.inference.loading import load_keras_model
 from face_pipeline.inference.photos import prepare_photo
-from face_pipeline.inference.predictor import FacePredictor, prediction_columns
+from face_pipeline.inference.predictor import FACE_COLUMNS, OUTCOME_COLUMNS, FacePredictor, task_columns
 
 
 def test_rows_for_faces_no_faces_and_bad_files():
@@ -25,7 +25,7 @@ def test_rows_for_faces_no_faces_and_bad_files():
     predictor = FacePredictor({"gender": gender, "age": age}, SPEC, DetectionSettings(mode="auto"))
     noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)))
     table = predictor.predict([("photo.jpg", PHOTO), ("crop.png", CROP), ("noise.jpg", noise), ("x.jpg", b"text")])
-    assert list(table.columns) == prediction_columns(["gender", "age"])
+    assert list(table.columns) == [*FACE_COLUMNS, *task_columns(["gender", "age"]), *OUTCOME_COLUMNS]
     assert table["status"].tolist() == ["ok", "ok", "no face", "error"]
     ok = table[table["status"] == "ok"]
     assert ok["gender"].tolist() == ["female", "female"]

@@ -68,8 +68,8 @@ class TaskModelsDataset(AbstractDataset[None, dict[str, Any]]):
 
     Each task's source is ``sources[task]`` where given (e.g. ``--params
     predict.models.age=runs:/<run id>/age_model``: a ``.keras`` file, a Kedro versioned folder or
-    an MLflow URI), else the latest saved version, ``<folder>/<prefix><task>_model.keras``
-    (``inference.loading.model_sources``). Read-only.
+    an MLflow URI), else the latest saved version, ``<folder>/<task>_model.keras`` (``folder``:
+    ``data/06_models`` unless given; ``inference.loading.model_sources``). Read-only.
     """
 
     READERS: ClassVar[dict[str, type[_FromModelSource]]] = {
@@ -83,24 +83,23 @@ class TaskModelsDataset(AbstractDataset[None, dict[str, Any]]):
         *,
         kind: str,
         sources: dict[str, str] | None = None,
-        folder: str = "data/06_models",
-        prefix: str = "",
+        folder: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if kind not in self.READERS:
             raise DatasetError(f"TaskModelsDataset: kind must be one of {sorted(self.READERS)}, got {kind!r}")
-        self._kind, self._sources, self._folder, self._prefix = kind, dict(sources or {}), folder, prefix
+        self._kind, self._sources, self._folder = kind, dict(sources or {}), folder
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
-        return {"kind": self._kind, "sources": self._sources, "folder": self._folder, "prefix": self._prefix}
+        return {"kind": self._kind, "sources": self._sources, "folder": self._folder}
 
     def sources(self) -> dict[str, str]:
         """Each task's model source."""
-        from face_pipeline.inference.loading import model_sources  # noqa: PLC0415
+        from face_pipeline.inference.loading import MODELS_FOLDER, model_sources  # noqa: PLC0415
         from face_pipeline.tasks import TASKS  # noqa: PLC0415
 
-        return model_sources(TASKS, self._sources, folder=self._folder, prefix=self._prefix)
+        return model_sources(TASKS, self._sources, folder=self._folder or MODELS_FOLDER)
 
     def load(self) -> dict[str, Any]:
         read = self.READERS[self._kind]

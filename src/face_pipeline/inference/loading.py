@@ -47,19 +47,17 @@ def model_sources(
     overrides: Mapping[str, str] | None = None,
     model_uri: str | None = None,
     folder: str = MODELS_FOLDER,
-    prefix: str = "",
 ) -> dict[str, str]:
     """Where each task's network is read from: ``overrides[task]`` where given, else the run
     ``model_uri`` (``<model_uri>/<task>_model``), else the latest saved version,
-    ``<folder>/<prefix><task>_model.keras``. A task in ``overrides`` that is not among ``tasks``
+    ``<folder>/<task>_model.keras``. A task in ``overrides`` that is not among ``tasks``
     is an error (a misspelt name would otherwise be ignored)."""
     tasks = list(tasks)
     unknown = set(overrides or {}) - set(tasks)
     if unknown:
         raise ValueError(f"no task named {', '.join(sorted(unknown))}; the tasks are {', '.join(tasks)}")
     default = {
-        task: f"{model_uri.rstrip('/')}/{prefix}{task}_model" if model_uri else f"{folder}/{prefix}{task}_model.keras"
-        for task in tasks
+        task: f"{model_uri.rstrip('/')}/{task}_model" if model_uri else f"{folder}/{task}_model.keras" for task in tasks
     }
     return {task: str((overrides or {}).get(task) or default[task]) for task in tasks}
 

@@ -44,10 +44,6 @@ def task_columns(tasks: Iterable[str]) -> dict[str, np.dtype]:
     return columns
 
 
-def prediction_columns(tasks: Iterable[str]) -> list[str]:
-    return [*FACE_COLUMNS, *task_columns(tasks), *OUTCOME_COLUMNS]
-
-
 BATCH_SIZE = 64  # faces the networks take at a time (predict.batch_size)
 # Photos from which each worker process runs its own copy of the networks (predict.worker_networks_from).
 WORKER_NETWORKS_FROM = 15_000
